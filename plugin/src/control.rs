@@ -1,0 +1,41 @@
+//! oncache's own control API, served on the plugin socket beside Docker's protocol as
+//! `POST /Oncache.<Method>`. The `oncache` CLI uses it, and so can a CNI entry point.
+
+use oncache_store::{Endpoint, Network};
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+pub const PEER_ADD: &str = "Oncache.PeerAdd";
+pub const PEER_REMOVE: &str = "Oncache.PeerRemove";
+pub const PEER_LIST: &str = "Oncache.PeerList";
+pub const STATUS: &str = "Oncache.Status";
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct PeerRequest {
+    #[serde(rename = "Address")]
+    pub address: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct PeerList {
+    #[serde(rename = "Peers")]
+    pub peers: Vec<IpAddr>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    pub network: Network,
+    pub bridge: String,
+    pub vxlan: String,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub underlay: String,
+    pub underlay_ip: String,
+    pub underlay_mtu: u32,
+    pub peers: Vec<IpAddr>,
+    pub networks: Vec<NetworkStatus>,
+}

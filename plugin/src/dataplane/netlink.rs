@@ -1,0 +1,257 @@
+//! The rtnetlink operations the slow path needs: bridges, VXLAN devices, veth pairs and the
+//! VXLAN forwarding database. Each call does one kernel operation and reports the kernel's error
+//! with the object it was about; deciding what to do is the driver's business.
+
+use anyhow::{anyhow, Context, Result};
+use futures_util::TryStreamExt;
+use rtnetlink::packet_core::{
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST,
+};
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::RouteType;
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan};
+use std::net::{IpAddr, Ipv4Addr};
+
+/// The standard VXLAN UDP port (IANA), used by every oncache host.
+pub const VXLAN_PORT: u16 = 4789;
+
+/// What oncache needs to know about a link.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub controller: Option<u32>,
+    pub kind: Option<InfoKind>,
+}
+
+/// One VXLAN forwarding entry: a MAC (all zeros for the flood list) and the VTEP it goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdbEntry {
+    pub mac: [u8; 6],
+    pub dst: Option<IpAddr>,
+}
+
+/// A VXLAN device to create.
+pub struct VxlanSpec<'a> {
+    pub name: &'a str,
+    pub vni: u32,
+    pub underlay_index: u32,
+    pub local: Ipv4Addr,
+    pub mtu: u32,
+    pub controller: u32,
+}
+
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        _ => None,
+    }
+}
+
+fn is_missing(e: &rtnetlink::Error) -> bool {
+    matches!(errno(e), Some(libc::ENODEV) | Some(libc::ENOENT))
+}
+
+impl Netlink {
+    /// Opens a netlink route socket in the current network namespace; must run inside tokio.
+    pub fn connect() -> Result<Netlink> {
+        let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let msgs: Vec<LinkMessage> =
+            self.handle.link().get().execute().try_collect().await.context("listing links")?;
+        Ok(msgs.iter().map(link_of).collect())
+    }
+
+    pub async fn link(&self, name: &str) -> Result<Option<Link>> {
+        let res: Result<Vec<LinkMessage>, _> =
+            self.handle.link().get().match_name(name.to_string()).execute().try_collect().await;
+        match res {
+            Ok(msgs) => Ok(msgs.first().map(link_of)),
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(e) => Err(anyhow!("looking up link {name}: {e}")),
+        }
+    }
+
+    pub async fn add_bridge(&self, name: &str, mtu: u32) -> Result<()> {
+        // Forward delay 0: ports must forward as soon as a container's veth is attached.
+        let msg = LinkBridge::new(name).forward_delay(0).mtu(mtu).up().build();
+        self.handle.link().add(msg).execute().await.with_context(|| format!("creating bridge {name}"))
+    }
+
+    pub async fn add_vxlan(&self, s: &VxlanSpec<'_>) -> Result<()> {
+        let msg = LinkVxlan::new(s.name, s.vni)
+            .dev(s.underlay_index)
+            .local(s.local)
+            .port(VXLAN_PORT)
+            .learning(true)
+            .mtu(s.mtu)
+            .controller(s.controller)
+            .up()
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .with_context(|| format!("creating VXLAN device {} (VNI {})", s.name, s.vni))
+    }
+
+    /// Creates a veth pair with `host` on `bridge` and `peer` carrying `peer_mac`; both up.
+    pub async fn add_veth(&self, host: &str, peer: &str, mtu: u32, peer_mac: [u8; 6], bridge: u32) -> Result<()> {
+        let msg = LinkVeth::new(host, peer).mtu(mtu).controller(bridge).up().build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .with_context(|| format!("creating veth pair {host}/{peer}"))?;
+        let p = self.link(peer).await?.ok_or_else(|| anyhow!("veth peer {peer} vanished after creation"))?;
+        let set = LinkUnspec::new_with_index(p.index).mtu(mtu).address(peer_mac.to_vec()).up().build();
+        self.handle.link().set(set).execute().await.with_context(|| format!("configuring {peer}"))
+    }
+
+    pub async fn set_controller(&self, index: u32, controller: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).controller(controller).up().build();
+        self.handle.link().set(msg).execute().await.context("attaching link to bridge")
+    }
+
+    /// Deletes a link; one that is already gone is not an error.
+    pub async fn del_link(&self, index: u32) -> Result<()> {
+        match self.handle.link().del(index).execute().await {
+            Err(e) if !is_missing(&e) => Err(anyhow!("deleting link {index}: {e}")),
+            _ => Ok(()),
+        }
+    }
+
+    /// IPv4 addresses on a link, primary first.
+    pub async fn ipv4_addrs(&self, index: u32) -> Result<Vec<Ipv4Addr>> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .context("listing addresses")?;
+        Ok(msgs
+            .iter()
+            .flat_map(|m| m.attributes.iter())
+            .filter_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// `bridge fdb append MAC dev VXLAN dst DST`: adds DST to the entry's remote list. The
+    /// kernel treats an existing remote as success, so this is idempotent.
+    pub async fn fdb_append(&self, vxlan: u32, mac: [u8; 6], dst: IpAddr) -> Result<()> {
+        let msg = fdb_message(vxlan, mac, dst);
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(msg));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
+        self.ack(req).await.with_context(|| format!("adding forwarding entry to {dst}"))
+    }
+
+    /// Removes the remote DST from the entry for MAC; absent is not an error.
+    pub async fn fdb_del(&self, vxlan: u32, mac: [u8; 6], dst: IpAddr) -> Result<()> {
+        match self.handle.neighbours().del(fdb_message(vxlan, mac, dst)).execute().await {
+            Err(e) if !is_missing(&e) => Err(anyhow!("removing forwarding entry to {dst}: {e}")),
+            _ => Ok(()),
+        }
+    }
+
+    /// The forwarding entries of one VXLAN device (static and learned).
+    pub async fn fdb(&self, vxlan: u32) -> Result<Vec<FdbEntry>> {
+        let msgs: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute()
+            .try_collect()
+            .await
+            .context("listing forwarding entries")?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.ifindex == vxlan)
+            .filter_map(|m| {
+                let mut mac = None;
+                let mut dst = None;
+                for a in &m.attributes {
+                    match a {
+                        NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                            mac = Some(<[u8; 6]>::try_from(&l[..]).ok()?)
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => dst = Some(IpAddr::V4(*ip)),
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => dst = Some(IpAddr::V6(*ip)),
+                        _ => {}
+                    }
+                }
+                Some(FdbEntry { mac: mac?, dst })
+            })
+            .collect())
+    }
+
+    async fn ack(&self, req: NetlinkMessage<RouteNetlinkMessage>) -> Result<()> {
+        let mut handle = self.handle.clone();
+        let mut resp = handle.request(req)?;
+        use futures_util::StreamExt;
+        while let Some(m) = resp.next().await {
+            if let NetlinkPayload::Error(e) = m.payload {
+                return Err(rtnetlink::Error::NetlinkError(e).into());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn fdb_message(vxlan: u32, mac: [u8; 6], dst: IpAddr) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::Bridge;
+    m.header.ifindex = vxlan;
+    m.header.state = NeighbourState::Permanent;
+    m.header.flags = NeighbourFlags::Own;
+    m.header.kind = RouteType::Unspec;
+    m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    m.attributes.push(NeighbourAttribute::Destination(match dst {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+    }));
+    m
+}
+
+fn link_of(m: &LinkMessage) -> Link {
+    let mut l = Link { index: m.header.index, name: String::new(), mtu: 0, controller: None, kind: None };
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => l.name = n.clone(),
+            LinkAttribute::Mtu(v) => l.mtu = *v,
+            LinkAttribute::Controller(c) => l.controller = Some(*c),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Kind(k) = i {
+                        l.kind = Some(k.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    l
+}

@@ -1,0 +1,131 @@
+//! Names and addresses oncache gives kernel objects. Links carry the VNI or the endpoint ID in
+//! their name, so that after a restart every oncache link can be matched to (or found missing
+//! from) the store without any other bookkeeping. Linux allows 15 bytes per interface name.
+
+use std::net::Ipv4Addr;
+
+const BRIDGE: &str = "ocbr";
+const VXLAN: &str = "ocvx";
+const VETH_HOST: &str = "ocve";
+const VETH_PEER: &str = "ocvp";
+/// Endpoint-ID characters kept in a veth name: 4 + 11 = 15 bytes.
+const EP_CHARS: usize = 11;
+
+pub fn bridge(vni: u32) -> String {
+    format!("{BRIDGE}{vni}")
+}
+
+pub fn vxlan(vni: u32) -> String {
+    format!("{VXLAN}{vni}")
+}
+
+pub fn veth_host(endpoint_id: &str) -> String {
+    format!("{VETH_HOST}{}", ep_tag(endpoint_id))
+}
+
+/// The container end, named so until dockerd moves it into the sandbox and renames it.
+pub fn veth_peer(endpoint_id: &str) -> String {
+    format!("{VETH_PEER}{}", ep_tag(endpoint_id))
+}
+
+/// The part of an endpoint ID that names its links.
+pub fn ep_tag(endpoint_id: &str) -> &str {
+    &endpoint_id[..endpoint_id.len().min(EP_CHARS)]
+}
+
+/// A link oncache made, recognised by its name.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Owned<'a> {
+    Bridge(u32),
+    Vxlan(u32),
+    /// Either end of an endpoint's veth pair, by endpoint tag.
+    Veth(&'a str),
+}
+
+pub fn owned(name: &str) -> Option<Owned<'_>> {
+    let vni = |s: &str| s.parse().ok().filter(|_| s.bytes().all(|b| b.is_ascii_digit()));
+    if let Some(rest) = name.strip_prefix(BRIDGE) {
+        vni(rest).map(Owned::Bridge)
+    } else if let Some(rest) = name.strip_prefix(VXLAN) {
+        vni(rest).map(Owned::Vxlan)
+    } else if let Some(rest) = name.strip_prefix(VETH_HOST).or_else(|| name.strip_prefix(VETH_PEER)) {
+        (!rest.is_empty()).then_some(Owned::Veth(rest))
+    } else {
+        None
+    }
+}
+
+/// Docker's IDs are hex; anything else would make link names ambiguous or invalid.
+pub fn check_id(kind: &str, id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err(format!("missing {kind} ID"));
+    }
+    if id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(format!("invalid {kind} ID {id:?}: expected letters and digits only"));
+    }
+    Ok(())
+}
+
+/// A locally administered MAC derived from the IPv4 address, as Docker's own drivers do
+/// (02:42:a.b.c.d): unique within a subnet and stable across restarts.
+pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x02, 0x42, o[0], o[1], o[2], o[3]]
+}
+
+pub fn format_mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<_> = s.split(':').collect();
+    let bad = || format!("invalid MAC address {s:?}");
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut m = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        m[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_in_ifnamsiz_and_round_trip() {
+        let ep = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        for n in [bridge(16_777_215), vxlan(16_777_215), veth_host(ep), veth_peer(ep)] {
+            assert!(n.len() <= 15, "{n}");
+        }
+        assert_eq!(owned(&bridge(42)), Some(Owned::Bridge(42)));
+        assert_eq!(owned(&vxlan(7)), Some(Owned::Vxlan(7)));
+        assert_eq!(owned(&veth_host(ep)), Some(Owned::Veth("0123456789a")));
+        assert_eq!(owned(&veth_peer(ep)), Some(Owned::Veth(ep_tag(ep))));
+        assert_eq!(owned("eth0"), None);
+        assert_eq!(owned("ocbr12x"), None);
+        assert_eq!(owned("ocbr+1"), None);
+        assert_eq!(owned("ocve"), None);
+    }
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(check_id("endpoint", "abc123").is_ok());
+        assert!(check_id("endpoint", "").unwrap_err().contains("missing endpoint ID"));
+        assert!(check_id("network", "../x").unwrap_err().contains("invalid network ID"));
+    }
+
+    #[test]
+    fn mac_from_ip_and_back() {
+        let m = mac_for(Ipv4Addr::new(10, 201, 0, 2));
+        assert_eq!(format_mac(m), "02:42:0a:c9:00:02");
+        assert_eq!(parse_mac("02:42:0a:c9:00:02"), Ok(m));
+        assert!(parse_mac("02:42:0a:c9:00").is_err());
+        assert!(parse_mac("02:42:0a:c9:00:zz").is_err());
+    }
+}

@@ -1,0 +1,185 @@
+//! The HTTP layer: decodes a request, calls the driver, encodes the answer. Nothing else.
+//!
+//! dockerd POSTs `/Plugin.Activate`, `/NetworkDriver.<Call>` with a JSON body (empty for
+//! argument-less calls) and no Content-Type. Every failure is answered with `{"Err": "..."}`.
+
+use crate::control;
+use crate::driver::Driver;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use libnetwork_api::{activate, decode, driver as api, NETWORK_DRIVER};
+use serde::Serialize;
+use serde_json::Value;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UnixListener;
+use tokio::sync::Mutex;
+
+/// No legitimate request comes near this; anything larger is refused before parsing.
+pub const MAX_BODY: usize = 1 << 20;
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
+
+/// Driver calls are serialised: each one's store and kernel changes finish before the next.
+pub type Shared = Arc<Mutex<Driver>>;
+
+struct Fault {
+    status: StatusCode,
+    msg: String,
+}
+
+impl Fault {
+    fn bad(msg: impl Into<String>) -> Fault {
+        Fault { status: StatusCode::BAD_REQUEST, msg: msg.into() }
+    }
+    fn failed(e: anyhow::Error) -> Fault {
+        Fault { status: StatusCode::INTERNAL_SERVER_ERROR, msg: format!("{e:#}") }
+    }
+}
+
+type Answer = Result<Value, Fault>;
+
+fn json<T: Serialize>(v: T) -> Answer {
+    Ok(serde_json::to_value(v).expect("responses always serialize"))
+}
+
+fn empty() -> Answer {
+    Ok(Value::Object(Default::default()))
+}
+
+fn req<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Fault> {
+    decode(body).map_err(Fault::bad)
+}
+
+/// Runs one call. `method` is the path without its leading slash.
+async fn dispatch(driver: &Shared, method: &str, body: &[u8]) -> Answer {
+    let d = driver.lock().await;
+    let failed = Fault::failed;
+    match method {
+        "Plugin.Activate" => json(activate::ActivateResponse { implements: vec![NETWORK_DRIVER.into()] }),
+        "NetworkDriver.GetCapabilities" => json(d.capabilities()),
+        "NetworkDriver.CreateNetwork" => {
+            d.create_network(&req::<api::CreateNetworkRequest>(body)?).await.map_err(failed)?;
+            empty()
+        }
+        "NetworkDriver.DeleteNetwork" => {
+            d.delete_network(&req::<api::DeleteNetworkRequest>(body)?.network_id).await.map_err(failed)?;
+            empty()
+        }
+        "NetworkDriver.AllocateNetwork" | "NetworkDriver.FreeNetwork" => Err(Fault::bad(format!(
+            "{method}: oncache is registered with local scope and does not take Swarm network allocation"
+        ))),
+        "NetworkDriver.CreateEndpoint" => json(d.create_endpoint(&req(body)?).await.map_err(failed)?),
+        "NetworkDriver.EndpointOperInfo" => json(d.endpoint_oper_info(&req(body)?).await.map_err(failed)?),
+        "NetworkDriver.DeleteEndpoint" => {
+            d.delete_endpoint(&req::<api::DeleteEndpointRequest>(body)?.endpoint_id).await.map_err(failed)?;
+            empty()
+        }
+        "NetworkDriver.Join" => json(d.join(&req(body)?).await.map_err(failed)?),
+        "NetworkDriver.Leave" => {
+            d.leave(&req(body)?).await.map_err(failed)?;
+            empty()
+        }
+        "NetworkDriver.DiscoverNew" | "NetworkDriver.DiscoverDelete" => {
+            let new = method.ends_with("New");
+            d.discover(&req(body)?, new).await.map_err(failed)?;
+            empty()
+        }
+        // External connectivity is Docker's docker_gwbridge; port mappings live there too.
+        "NetworkDriver.ProgramExternalConnectivity" => {
+            req::<api::ProgramExternalConnectivityRequest>(body)?;
+            empty()
+        }
+        "NetworkDriver.RevokeExternalConnectivity" => {
+            req::<api::RevokeExternalConnectivityRequest>(body)?;
+            empty()
+        }
+        control::PEER_ADD | control::PEER_REMOVE => {
+            let r: control::PeerRequest = req(body)?;
+            let ip = r.address.parse().map_err(|_| Fault::bad(format!("invalid peer address {:?}", r.address)))?;
+            if method == control::PEER_ADD {
+                d.add_peer(ip).await.map_err(failed)?;
+            } else {
+                d.remove_peer(ip).await.map_err(failed)?;
+            }
+            empty()
+        }
+        control::PEER_LIST => json(control::PeerList { peers: d.peers().map_err(failed)? }),
+        control::STATUS => json(d.status().map_err(failed)?),
+        _ => Err(Fault { status: StatusCode::NOT_FOUND, msg: format!("unknown method {method:?}") }),
+    }
+}
+
+fn respond(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, CONTENT_TYPE.parse().expect("static header"));
+    r
+}
+
+fn error(f: &Fault) -> Response<Full<Bytes>> {
+    respond(f.status, &serde_json::to_value(api::ErrorResponse::new(f.msg.clone())).expect("serializes"))
+}
+
+async fn handle(driver: Shared, r: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = r.uri().path().trim_start_matches('/').to_string();
+    if r.method() != Method::POST {
+        let f = Fault { status: StatusCode::METHOD_NOT_ALLOWED, msg: format!("{} {method}: only POST is served", r.method()) };
+        return Ok(error(&f));
+    }
+    let body = match tokio::time::timeout(READ_TIMEOUT, Limited::new(r.into_body(), MAX_BODY).collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => {
+            let f = if e.is::<http_body_util::LengthLimitError>() {
+                Fault { status: StatusCode::PAYLOAD_TOO_LARGE, msg: format!("{method}: request body exceeds {MAX_BODY} bytes") }
+            } else {
+                Fault::bad(format!("{method}: reading request body: {e}"))
+            };
+            return Ok(error(&f));
+        }
+        Err(_) => return Ok(error(&Fault::bad(format!("{method}: request body not received within {READ_TIMEOUT:?}")))),
+    };
+    log::debug!("{method} {}", String::from_utf8_lossy(&body));
+    let res = match dispatch(&driver, &method, &body).await {
+        Ok(v) => respond(StatusCode::OK, &v),
+        Err(f) => {
+            log::warn!("{method} failed: {}", f.msg);
+            error(&f)
+        }
+    };
+    Ok(res)
+}
+
+/// Accepts connections until `shutdown` resolves.
+pub async fn serve(listener: UnixListener, driver: Shared, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            conn = listener.accept() => {
+                let (stream, _) = match conn {
+                    Ok(c) => c,
+                    Err(e) => {
+                        log::warn!("accept: {e}");
+                        continue;
+                    }
+                };
+                let d = driver.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |r| handle(d.clone(), r));
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(READ_TIMEOUT)
+                        .serve_connection(TokioIo::new(stream), svc);
+                    if let Err(e) = conn.await {
+                        log::debug!("connection: {e}");
+                    }
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Persistent oncache state on sled: networks, endpoints and peer hosts, with a schema version.
+//!
+//! One process owns the store (sled takes an exclusive lock on the folder). Values are JSON so
+//! that an operator can read them with any tool and so that adding a field stays compatible.
+
+mod model;
+
+pub use model::{Endpoint, Network};
+
+use serde::{de::DeserializeOwned, Serialize};
+use std::net::IpAddr;
+use std::path::Path;
+
+/// Bumped whenever a stored value changes meaning; an older oncache refuses a newer store.
+pub const SCHEMA_VERSION: u32 = 1;
+const SCHEMA_KEY: &[u8] = b"schema_version";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("state store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("state store: corrupt record {key}: {source}")]
+    Corrupt { key: String, source: serde_json::Error },
+    #[error("state store: schema version {found} is newer than this oncache understands ({SCHEMA_VERSION}); upgrade oncache or move the state dir away")]
+    NewerSchema { found: u32 },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The handle to the state; cheap to clone (sled trees are reference counted).
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    networks: sled::Tree,
+    endpoints: sled::Tree,
+    peers: sled::Tree,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir` and checks its schema version.
+    pub fn open(dir: &Path) -> Result<Store> {
+        let db = sled::Config::new().path(dir).open()?;
+        let meta = db.open_tree("meta")?;
+        match meta.get(SCHEMA_KEY)? {
+            None => {
+                meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+            }
+            Some(v) => {
+                let found = u32::from_be_bytes(v.as_ref().try_into().unwrap_or([0xff; 4]));
+                if found > SCHEMA_VERSION {
+                    return Err(Error::NewerSchema { found });
+                }
+            }
+        }
+        Ok(Store {
+            networks: db.open_tree("networks")?,
+            endpoints: db.open_tree("endpoints")?,
+            peers: db.open_tree("peers")?,
+            db,
+        })
+    }
+
+    pub fn schema_version(&self) -> Result<u32> {
+        let meta = self.db.open_tree("meta")?;
+        Ok(meta
+            .get(SCHEMA_KEY)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u32::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    /// Makes every write so far durable; called after each change the daemon acknowledges.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    // Networks, keyed by Docker's network ID.
+
+    pub fn network(&self, id: &str) -> Result<Option<Network>> {
+        get(&self.networks, id)
+    }
+
+    pub fn networks(&self) -> Result<Vec<Network>> {
+        all(&self.networks)
+    }
+
+    pub fn put_network(&self, n: &Network) -> Result<()> {
+        put(&self.networks, &n.id, n)?;
+        self.flush()
+    }
+
+    /// Removes a network and every endpoint stored under it, atomically enough for a restart:
+    /// endpoints go first, so a crash in between leaves a network without endpoints, never
+    /// endpoints without a network.
+    pub fn delete_network(&self, id: &str) -> Result<Option<Network>> {
+        for ep in self.endpoints_of(id)? {
+            self.endpoints.remove(ep.id.as_bytes())?;
+        }
+        let old = self.networks.remove(id.as_bytes())?;
+        self.flush()?;
+        old.map(|v| decode(id, &v)).transpose()
+    }
+
+    // Endpoints, keyed by Docker's endpoint ID.
+
+    pub fn endpoint(&self, id: &str) -> Result<Option<Endpoint>> {
+        get(&self.endpoints, id)
+    }
+
+    pub fn endpoints(&self) -> Result<Vec<Endpoint>> {
+        all(&self.endpoints)
+    }
+
+    pub fn endpoints_of(&self, network_id: &str) -> Result<Vec<Endpoint>> {
+        Ok(self.endpoints()?.into_iter().filter(|e| e.network_id == network_id).collect())
+    }
+
+    pub fn put_endpoint(&self, e: &Endpoint) -> Result<()> {
+        put(&self.endpoints, &e.id, e)?;
+        self.flush()
+    }
+
+    pub fn delete_endpoint(&self, id: &str) -> Result<Option<Endpoint>> {
+        let old = self.endpoints.remove(id.as_bytes())?;
+        self.flush()?;
+        old.map(|v| decode(id, &v)).transpose()
+    }
+
+    // Peer hosts (VTEP addresses), a set.
+
+    pub fn peers(&self) -> Result<Vec<IpAddr>> {
+        let mut out = Vec::new();
+        for kv in self.peers.iter() {
+            let (k, _) = kv?;
+            let s = String::from_utf8_lossy(&k).into_owned();
+            match s.parse() {
+                Ok(ip) => out.push(ip),
+                Err(_) => log::warn!("ignoring unparsable peer record {s:?}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Returns true when the peer was not there before.
+    pub fn add_peer(&self, ip: IpAddr) -> Result<bool> {
+        let new = self.peers.insert(ip.to_string().as_bytes(), &[])?.is_none();
+        self.flush()?;
+        Ok(new)
+    }
+
+    /// Returns true when the peer was there.
+    pub fn remove_peer(&self, ip: IpAddr) -> Result<bool> {
+        let had = self.peers.remove(ip.to_string().as_bytes())?.is_some();
+        self.flush()?;
+        Ok(had)
+    }
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|source| Error::Corrupt { key: key.to_string(), source })
+}
+
+fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<T>> {
+    tree.get(key.as_bytes())?.map(|v| decode(key, &v)).transpose()
+}
+
+fn all<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for kv in tree.iter() {
+        let (k, v) = kv?;
+        out.push(decode(&String::from_utf8_lossy(&k), &v)?);
+    }
+    Ok(out)
+}
+
+fn put<T: Serialize>(tree: &sled::Tree, key: &str, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec(value).expect("store records always serialize");
+    tree.insert(key.as_bytes(), bytes)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,41 @@
+//! The records the store keeps. Addresses stay in Docker's own notation (CIDR strings) so that
+//! what is stored is exactly what dockerd sent and what `oncache` reports back.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// An oncache network on this host: one VXLAN segment (VNI) with a bridge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    /// Docker's network ID.
+    pub id: String,
+    pub vni: u32,
+    /// MTU of the bridge, the VXLAN device and every container interface.
+    pub mtu: u32,
+    /// IPv4 pools (CIDR), as Docker's IPAM gave them.
+    #[serde(default)]
+    pub ipv4_pools: Vec<String>,
+    #[serde(default)]
+    pub ipv6_pools: Vec<String>,
+    /// The user's `-o` options as given, kept for inspection.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// A container's attachment to a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Docker's endpoint ID.
+    pub id: String,
+    pub network_id: String,
+    /// IPv4 address with prefix length (CIDR), if any.
+    #[serde(default)]
+    pub ipv4: Option<String>,
+    #[serde(default)]
+    pub ipv6: Option<String>,
+    /// MAC of the container-side interface, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// Set between Join and Leave: the sandbox (network namespace path) it joined.
+    #[serde(default)]
+    pub sandbox: Option<String>,
+}

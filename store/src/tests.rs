@@ -1,0 +1,112 @@
+use super::*;
+
+fn net(id: &str, vni: u32) -> Network {
+    Network {
+        id: id.into(),
+        vni,
+        mtu: 1450,
+        ipv4_pools: vec!["10.1.0.0/24".into()],
+        ipv6_pools: vec![],
+        options: Default::default(),
+    }
+}
+
+fn ep(id: &str, network: &str) -> Endpoint {
+    Endpoint {
+        id: id.into(),
+        network_id: network.into(),
+        ipv4: Some("10.1.0.2/24".into()),
+        ipv6: None,
+        mac: "02:42:0a:01:00:02".into(),
+        sandbox: None,
+    }
+}
+
+/// sled's flusher thread may hold the folder lock for a moment after the last handle drops.
+fn reopen_result(dir: &std::path::Path) -> Result<Store> {
+    for _ in 0..50 {
+        match Store::open(dir) {
+            Err(Error::Sled(sled::Error::Io(_))) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            other => return other,
+        }
+    }
+    Store::open(dir)
+}
+
+fn reopen(dir: &std::path::Path) -> Store {
+    reopen_result(dir).unwrap()
+}
+
+#[test]
+fn records_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        s.put_network(&net("n1", 4096)).unwrap();
+        s.put_endpoint(&ep("e1", "n1")).unwrap();
+        assert!(s.add_peer("10.99.0.2".parse().unwrap()).unwrap());
+        assert!(!s.add_peer("10.99.0.2".parse().unwrap()).unwrap(), "a peer is a set member");
+    }
+    let s = reopen(dir.path());
+    assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+    assert_eq!(s.network("n1").unwrap(), Some(net("n1", 4096)));
+    assert_eq!(s.endpoint("e1").unwrap(), Some(ep("e1", "n1")));
+    assert_eq!(s.peers().unwrap(), vec!["10.99.0.2".parse::<IpAddr>().unwrap()]);
+}
+
+#[test]
+fn deleting_a_network_deletes_its_endpoints_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    s.put_network(&net("n1", 1)).unwrap();
+    s.put_network(&net("n2", 2)).unwrap();
+    s.put_endpoint(&ep("e1", "n1")).unwrap();
+    s.put_endpoint(&ep("e2", "n2")).unwrap();
+    assert_eq!(s.delete_network("n1").unwrap().map(|n| n.vni), Some(1));
+    assert_eq!(s.delete_network("n1").unwrap(), None, "second delete finds nothing");
+    assert_eq!(s.endpoint("e1").unwrap(), None);
+    assert_eq!(s.endpoints_of("n2").unwrap(), vec![ep("e2", "n2")]);
+    assert_eq!(s.networks().unwrap().len(), 1);
+}
+
+#[test]
+fn remove_peer_reports_presence() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let p: IpAddr = "10.99.0.3".parse().unwrap();
+    assert!(!s.remove_peer(p).unwrap());
+    s.add_peer(p).unwrap();
+    assert!(s.remove_peer(p).unwrap());
+    assert!(s.peers().unwrap().is_empty());
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        s.db.open_tree("meta").unwrap().insert(SCHEMA_KEY, &(SCHEMA_VERSION + 1).to_be_bytes()).unwrap();
+        s.flush().unwrap();
+    }
+    let _ = reopen_result(dir.path());
+    match Store::open(dir.path()) {
+        Err(Error::NewerSchema { found }) => assert_eq!(found, SCHEMA_VERSION + 1),
+        other => panic!("expected NewerSchema, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn corrupt_record_names_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    s.networks.insert("bad", &b"{not json"[..]).unwrap();
+    let err = s.network("bad").unwrap_err().to_string();
+    assert!(err.contains("bad"), "{err}");
+}
+
+#[test]
+fn second_owner_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _s = Store::open(dir.path()).unwrap();
+    assert!(Store::open(dir.path()).is_err(), "sled must lock the folder for one owner");
+}

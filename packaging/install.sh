@@ -27,15 +27,8 @@ stop) stop; echo "oncache stopped"; exit 0 ;;
 uninstall)
     stop
     if systemd; then systemctl disable -q oncache 2>/dev/null || true; fi
+    [ -x "$BIN" ] && "$BIN" uninstall
     rm -f "$UNIT" "$BIN"
-    # Links named ocbr*/ocvx*/ocve*/ocvp* belong to oncache.
-    for l in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^oc(br|vx|ve|vp)' || true); do
-        ip link del "$l" 2>/dev/null || true
-    done
-    for t in iptables ip6tables; do
-        $t -w -D FORWARD -j ONCACHE-FORWARD 2>/dev/null || true
-        $t -w -F ONCACHE-FORWARD 2>/dev/null || true; $t -w -X ONCACHE-FORWARD 2>/dev/null || true
-    done
     echo "oncache uninstalled (state kept in /var/lib/oncache; remove it to forget networks)"
     exit 0 ;;
 install) ;;

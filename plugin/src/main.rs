@@ -39,6 +39,9 @@ enum Command {
         #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Remove oncache's data plane from this host: every oncache link and the firewall chain.
+    /// Stop the daemon first; its stored state is kept (delete --state-dir to forget it).
+    Uninstall,
     /// Show the daemon's networks, endpoints, peers and underlay.
     Status {
         /// Print JSON instead of text.
@@ -69,6 +72,7 @@ fn main() {
             Command::Daemon(cfg) => daemon::run(cfg).await,
             Command::Peer { action, socket } => peer(action, &socket).await,
             Command::Status { json, socket } => status(json, &socket).await,
+            Command::Uninstall => dataplane::uninstall().await,
         }
     });
     if let Err(e) = res {

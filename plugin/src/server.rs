@@ -125,17 +125,25 @@ fn error(f: &Fault) -> Response<Full<Bytes>> {
     respond(f.status, &serde_json::to_value(api::ErrorResponse::new(f.msg.clone())).expect("serializes"))
 }
 
+fn too_large(method: &str) -> Fault {
+    Fault { status: StatusCode::PAYLOAD_TOO_LARGE, msg: format!("{method}: request body exceeds {MAX_BODY} bytes") }
+}
+
 async fn handle(driver: Shared, r: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = r.uri().path().trim_start_matches('/').to_string();
     if r.method() != Method::POST {
         let f = Fault { status: StatusCode::METHOD_NOT_ALLOWED, msg: format!("{} {method}: only POST is served", r.method()) };
         return Ok(error(&f));
     }
+    let declared = r.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Ok(error(&too_large(&method)));
+    }
     let body = match tokio::time::timeout(READ_TIMEOUT, Limited::new(r.into_body(), MAX_BODY).collect()).await {
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(e)) => {
             let f = if e.is::<http_body_util::LengthLimitError>() {
-                Fault { status: StatusCode::PAYLOAD_TOO_LARGE, msg: format!("{method}: request body exceeds {MAX_BODY} bytes") }
+                too_large(&method)
             } else {
                 Fault::bad(format!("{method}: reading request body: {e}"))
             };

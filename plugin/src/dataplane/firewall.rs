@@ -17,7 +17,7 @@ fn run(tool: &str, args: &[&str]) -> Result<bool> {
 }
 
 fn ensure_for(tool: &str) -> Result<()> {
-    // -n: create the chain if missing (fails harmlessly when it exists).
+    // -N creates the chain; it fails harmlessly when the chain exists.
     run(tool, &["-w", "-N", CHAIN])?;
     let accept = ["-i", BRIDGES, "-o", BRIDGES, "-j", "ACCEPT"];
     if !run(tool, &[&["-w", "-C", CHAIN][..], &accept].concat())? {

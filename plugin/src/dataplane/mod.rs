@@ -25,6 +25,34 @@ pub struct NetSpec {
     pub mtu: u32,
 }
 
+/// Removes every oncache link and the firewall chain of this network namespace.
+pub async fn uninstall() -> Result<()> {
+    let nl = Netlink::connect()?;
+    let removed = remove_orphans(&nl, &[], &[]).await?;
+    firewall::remove();
+    println!("removed {} links{}", removed.len(), if removed.is_empty() { String::new() } else { format!(": {}", removed.join(" ")) });
+    Ok(())
+}
+
+/// Removes oncache links the store does not own: bridges/VXLAN devices of VNIs not in
+/// `vnis`, veths of endpoints whose tag is not in `endpoint_tags`. Returns what it removed.
+async fn remove_orphans(nl: &Netlink, vnis: &[u32], endpoint_tags: &[&str]) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for l in nl.links().await? {
+        let orphan = match naming::owned(&l.name) {
+            Some(Owned::Bridge(v)) => l.kind == Some(InfoKind::Bridge) && !vnis.contains(&v),
+            Some(Owned::Vxlan(v)) => l.kind == Some(InfoKind::Vxlan) && !vnis.contains(&v),
+            Some(Owned::Veth(tag)) => l.kind == Some(InfoKind::Veth) && !endpoint_tags.contains(&tag),
+            None => false,
+        };
+        if orphan {
+            nl.del_link(l.index).await?;
+            removed.push(l.name);
+        }
+    }
+    Ok(removed)
+}
+
 #[derive(Clone)]
 pub struct Dataplane {
     nl: Netlink,
@@ -145,23 +173,9 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Removes oncache links the store does not own: bridges/VXLAN devices of VNIs not in
-    /// `vnis`, veths of endpoints whose tag is not in `endpoint_tags`. Returns what it removed.
+    /// See [`remove_orphans`].
     pub async fn remove_orphans(&self, vnis: &[u32], endpoint_tags: &[&str]) -> Result<Vec<String>> {
-        let mut removed = Vec::new();
-        for l in self.nl.links().await? {
-            let orphan = match naming::owned(&l.name) {
-                Some(Owned::Bridge(v)) => l.kind == Some(InfoKind::Bridge) && !vnis.contains(&v),
-                Some(Owned::Vxlan(v)) => l.kind == Some(InfoKind::Vxlan) && !vnis.contains(&v),
-                Some(Owned::Veth(tag)) => l.kind == Some(InfoKind::Veth) && !endpoint_tags.contains(&tag),
-                None => false,
-            };
-            if orphan {
-                self.nl.del_link(l.index).await?;
-                removed.push(l.name);
-            }
-        }
-        Ok(removed)
+        remove_orphans(&self.nl, vnis, endpoint_tags).await
     }
 
     /// Re-attaches a surviving host-side veth to its bridge (after the bridge was recreated).

@@ -198,8 +198,7 @@ impl Netlink {
                         NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
                             mac = Some(<[u8; 6]>::try_from(&l[..]).ok()?)
                         }
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => dst = Some(IpAddr::V4(*ip)),
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => dst = Some(IpAddr::V6(*ip)),
+                        NeighbourAttribute::Destination(a) => dst = ip_of(a),
                         _ => {}
                     }
                 }
@@ -234,6 +233,20 @@ fn fdb_message(vxlan: u32, mac: [u8; 6], dst: IpAddr) -> NeighbourMessage {
         IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
     }));
     m
+}
+
+/// Bridge-family entries carry NDA_DST as raw bytes; their length tells the IP version.
+fn ip_of(a: &NeighbourAddress) -> Option<IpAddr> {
+    match a {
+        NeighbourAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+        NeighbourAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+        NeighbourAddress::Other(b) => match b.len() {
+            4 => Some(IpAddr::from(<[u8; 4]>::try_from(&b[..]).ok()?)),
+            16 => Some(IpAddr::from(<[u8; 16]>::try_from(&b[..]).ok()?)),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 fn link_of(m: &LinkMessage) -> Link {

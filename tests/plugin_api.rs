@@ -1,0 +1,162 @@
+//! The plugin socket without dockerd: bad input, idempotency, and restart reconciliation
+//! against the real kernel in a namespace.
+
+mod lab;
+mod support;
+
+use lab::Lab;
+use serde_json::{json, Value};
+use std::time::Duration;
+use support::*;
+
+const NET: &str = "0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f";
+const EP: &str = "e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1e1";
+
+fn create_network(vni: u32, pool: &str) -> Value {
+    json!({
+        "NetworkID": NET,
+        "Options": {"com.docker.network.enable_ipv6": false,
+                    "com.docker.network.generic": {"oncache.vni": vni.to_string()}},
+        "IPv4Data": [{"AddressSpace": "LocalDefault", "Gateway": "10.230.0.1/24", "Pool": pool}],
+        "IPv6Data": []
+    })
+}
+
+fn err_of(v: &Value) -> String {
+    v["Err"].as_str().unwrap_or_else(|| panic!("no Err in {v}")).to_string()
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_change_nothing() {
+    let mut lab = Lab::new(1);
+    lab.start_oncaches(&[]);
+    let h = lab.host(0);
+    let sock = h.oncache_socket();
+    let (code, v) = call(h, "NetworkDriver.CreateNetwork", create_network(500, "10.230.0.0/24"));
+    assert_eq!((code, &v), (200, &json!({})));
+    let snapshot = (status(h), oncache_links(h));
+
+    // Argument-less calls come with an empty body and no Content-Type.
+    let (code, body) = lab::post(&sock, "/NetworkDriver.GetCapabilities", "");
+    assert_eq!(code, 200);
+    let caps: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(caps["Scope"], "local");
+    let (code, body) = lab::post(&sock, "/Plugin.Activate", "");
+    assert_eq!((code, serde_json::from_str::<Value>(&body).unwrap()), (200, json!({"Implements": ["NetworkDriver"]})));
+
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("NetworkDriver.CreateNetwork", "{\"NetworkID\": \"ab".into(), 400, "malformed JSON"),
+        ("NetworkDriver.CreateNetwork", "not json".into(), 400, "malformed JSON"),
+        ("NetworkDriver.CreateNetwork", "[]".into(), 400, "JSON object"),
+        ("NetworkDriver.CreateNetwork", "{\"NetworkID\": 5}".into(), 400, "NetworkID"),
+        ("NetworkDriver.CreateNetwork", format!("{{\"NetworkID\": \"{}\", \"Options\": {{\"com.docker.network.generic\": {{\"oncache.vni\": [1]}}}}}}", "ab12"), 500, "oncache.vni"),
+        ("NetworkDriver.CreateNetwork", "{}".into(), 500, "missing network ID"),
+        ("NetworkDriver.CreateNetwork", "{\"NetworkID\": \"../../etc\"}".into(), 500, "invalid network ID"),
+        ("NetworkDriver.CreateNetwork", create_network(501, "10.230.0.0/16").to_string().replace(NET, "ab12"), 500, "overlaps subnet 10.230.0.0/24"),
+        ("NetworkDriver.CreateNetwork", create_network(500, "10.231.0.0/24").to_string().replace(NET, "ab12"), 500, "VNI 500 is already used"),
+        ("NetworkDriver.CreateNetwork", create_network(502, "10.232.0.0/33").to_string().replace(NET, "ab12"), 500, "invalid CIDR"),
+        ("NetworkDriver.CreateEndpoint", json!({"NetworkID": "ab12", "EndpointID": EP}).to_string(), 500, "not an oncache network"),
+        ("NetworkDriver.CreateEndpoint", json!({"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": "10.230.0.300/24"}}).to_string(), 500, "invalid CIDR"),
+        ("NetworkDriver.CreateEndpoint", json!({"NetworkID": NET, "EndpointID": EP, "Interface": {"MacAddress": "zz"}}).to_string(), 500, "invalid MAC"),
+        ("NetworkDriver.Join", json!({"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/x"}).to_string(), 500, "not found"),
+        ("NetworkDriver.AllocateNetwork", json!({"NetworkID": "x"}).to_string(), 400, "Swarm"),
+        ("NetworkDriver.Frobnicate", "{}".into(), 404, "unknown method"),
+        ("Oncache.PeerAdd", json!({"Address": "nope"}).to_string(), 400, "invalid peer address"),
+        ("Oncache.PeerAdd", json!({"Address": h.underlay_ip.to_string()}).to_string(), 500, "own underlay address"),
+    ];
+    for (method, body, want_code, want) in &cases {
+        let (code, text) = lab::post(&sock, &format!("/{method}"), body);
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{method}: not JSON: {text}"));
+        let e = err_of(&v);
+        assert_eq!(code, *want_code, "{method} {:.80}: {e}", body);
+        assert!(e.contains(want), "{method} {:.80}: error {e:?} should mention {want:?}", body);
+    }
+    let (code, v) = post_oversized(&sock, "NetworkDriver.CreateNetwork", 2 << 20);
+    assert_eq!(code, 413);
+    assert!(err_of(&v).contains("exceeds 1048576 bytes"), "{v}");
+    let r = lab::request(&sock, "GET", "/Plugin.Activate", &[], b"", Duration::from_secs(10)).expect("GET answered");
+    assert_eq!(r.status, 405);
+    assert!(err_of(&r.json()).contains("only POST"));
+    // A request cut off mid-body: the daemon must neither hang nor die.
+    let _ = lab::raw_exchange(
+        &sock,
+        b"POST /NetworkDriver.CreateNetwork HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"Netw",
+        true,
+        Duration::from_secs(15),
+    );
+
+    // Calls for things already gone succeed and change nothing.
+    for (method, body) in [
+        ("NetworkDriver.DeleteEndpoint", json!({"NetworkID": NET, "EndpointID": EP})),
+        ("NetworkDriver.Leave", json!({"NetworkID": NET, "EndpointID": EP})),
+        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "ab12"})),
+        ("NetworkDriver.CreateNetwork", create_network(500, "10.230.0.0/24")),
+    ] {
+        let (code, v) = call(h, method, body);
+        assert_eq!((code, &v), (200, &json!({})), "{method}");
+    }
+    assert!(lab.host_mut(0).oncache_exited().is_none(), "daemon died:\n{}", lab.host(0).oncache_log());
+    let h = lab.host(0);
+    assert_eq!((status(h), oncache_links(h)), snapshot, "bad requests changed state");
+    lab.finish();
+}
+
+#[test]
+fn endpoint_calls_are_idempotent_and_restart_reconciles_the_kernel() {
+    let mut lab = Lab::new(1);
+    let stray_peer = "10.99.250.9";
+    lab.start_oncaches(&["--peer", stray_peer]);
+    let h = lab.host(0);
+    call(h, "NetworkDriver.CreateNetwork", create_network(600, "10.230.0.0/24"));
+    let ep = json!({"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": "10.230.0.5/24", "AddressIPv6": "", "MacAddress": ""}});
+    let (code, v) = call(h, "NetworkDriver.CreateEndpoint", ep.clone());
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v, json!({"Interface": {"MacAddress": "02:42:0a:e6:00:05"}}));
+    assert_eq!(call(h, "NetworkDriver.CreateEndpoint", ep).1, v, "repeat answers the same");
+    let join = json!({"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/var/run/docker/netns/0123", "Options": {}});
+    let (code, v) = call(h, "NetworkDriver.Join", join);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["InterfaceName"], json!({"SrcName": "ocvpe1e1e1e1e1e", "DstPrefix": "eth"}));
+    assert!(v.get("Gateway").is_none(), "no gateway: Docker's gwbridge provides it");
+    assert_eq!(master_of(h, "ocvee1e1e1e1e1e").as_deref(), Some("ocbr600"));
+    assert!(h.sh("bridge fdb show dev ocvx600").contains(&format!("00:00:00:00:00:00 dst {stray_peer}")));
+
+    // Damage the kernel state while the daemon is down, then start it again.
+    lab.host_mut(0).stop_oncache();
+    let h = lab.host(0);
+    h.sh("ip link del ocvx600");
+    h.sh("ip link add ocbr4242 type bridge && ip link add ocvedeadbeef type veth peer name ocvpdeadbeef && ip link add ocvx9 type vxlan id 9 dstport 4789");
+    h.sh("ip link set ocvee1e1e1e1e1e nomaster");
+    lab.host_mut(0).start_oncache(&[]);
+    let h = lab.host(0);
+    assert_eq!(oncache_links(h), ["ocbr600", "ocvee1e1e1e1e1e", "ocvpe1e1e1e1e1e", "ocvx600"], "orphans must go, missing links come back");
+    assert_eq!(master_of(h, "ocvx600").as_deref(), Some("ocbr600"));
+    assert_eq!(master_of(h, "ocvee1e1e1e1e1e").as_deref(), Some("ocbr600"));
+    assert!(h.sh("bridge fdb show dev ocvx600").contains(stray_peer), "stored peer not restored");
+    assert_eq!(cli(h, &["peer", "list"]).unwrap().trim(), stray_peer);
+    cli(h, &["peer", "rm", stray_peer]).unwrap();
+    assert!(!h.sh("bridge fdb show dev ocvx600").contains(stray_peer));
+    assert_eq!(cli(h, &["peer", "list"]).unwrap().trim(), "");
+
+    // Leave, then DeleteEndpoint, each twice; then the network.
+    for m in ["NetworkDriver.Leave", "NetworkDriver.Leave", "NetworkDriver.DeleteEndpoint", "NetworkDriver.DeleteEndpoint"] {
+        assert_eq!(call(h, m, json!({"NetworkID": NET, "EndpointID": EP})).0, 200, "{m}");
+    }
+    assert_eq!(oncache_links(h), ["ocbr600", "ocvx600"]);
+    assert_eq!(call(h, "NetworkDriver.DeleteNetwork", json!({"NetworkID": NET})).0, 200);
+    assert!(oncache_links(h).is_empty());
+    assert!(status(h)["networks"].as_array().unwrap().is_empty());
+    lab.finish();
+}
+
+#[test]
+fn cli_explains_itself() {
+    let out = std::process::Command::new(BIN).args(["daemon", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--socket", "--state-dir", "--underlay", "--peer", "--bpf-dir", "/run/docker/plugins/oncache.sock"] {
+        assert!(text.contains(flag), "daemon --help lacks {flag}:\n{text}");
+    }
+    let out = std::process::Command::new(BIN).args(["peer", "list", "--socket", "/nonexistent/oncache.sock"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is it running?"));
+}

@@ -1,0 +1,106 @@
+//! oncache-specific helpers for the integration tests (the generic lab lives in `lab/`).
+
+#![allow(dead_code)]
+
+use crate::lab::{self, Host};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_oncache");
+
+/// Runs the `oncache` CLI against a host's daemon; Ok(stdout) or Err(stderr).
+pub fn cli(h: &Host, args: &[&str]) -> Result<String, String> {
+    let sock = h.oncache_socket().to_string_lossy().into_owned();
+    let mut a = vec![BIN];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["--socket", &sock]);
+    let out = h.exec(&a);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// A call to the daemon's socket: (HTTP status, JSON body).
+pub fn call(h: &Host, method: &str, body: Value) -> (u16, Value) {
+    lab::post_json(&h.oncache_socket(), &format!("/{method}"), &body)
+}
+
+pub fn status(h: &Host) -> Value {
+    let (code, v) = call(h, "Oncache.Status", json!({}));
+    assert_eq!(code, 200, "status: {v}");
+    v
+}
+
+/// Names of the host's links that oncache owns (ocbr*, ocvx*, ocve*, ocvp*).
+pub fn oncache_links(h: &Host) -> Vec<String> {
+    let mut v: Vec<String> = h
+        .sh("ip -o link show")
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| ["ocbr", "ocvx", "ocve", "ocvp"].iter().any(|p| n.starts_with(p)))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The controller (bridge) a link is enslaved to, if any.
+pub fn master_of(h: &Host, link: &str) -> Option<String> {
+    let out = h.sh(&format!("ip -o link show dev {link}"));
+    let f: Vec<&str> = out.split_whitespace().collect();
+    f.iter().position(|w| *w == "master").map(|i| f[i + 1].to_string())
+}
+
+/// Starts busybox httpd in `server` serving 24 MiB of random data; returns its sha256.
+pub fn serve_random_file(h: &Host, server: &str) -> String {
+    let out = h.docker_exec(
+        server,
+        &["sh", "-c", "mkdir -p /www && dd if=/dev/urandom of=/www/data bs=1M count=24 2>/dev/null && httpd -p 8080 -h /www && sha256sum /www/data"],
+    );
+    out.split_whitespace().next().expect("sha256sum output").to_string()
+}
+
+/// Fetches the served file over TCP from `client`; returns the sha256 of what arrived.
+pub fn fetch_checksum(h: &Host, client: &str, server_addr: &str) -> String {
+    let out = h.docker_exec(client, &["sh", "-c", &format!("wget -q -O - http://{server_addr}:8080/data | sha256sum")]);
+    out.split_whitespace().next().expect("sha256sum output").to_string()
+}
+
+pub fn ping(h: &Host, from: &str, to: &str) -> Result<String, String> {
+    h.try_docker_exec(from, &["ping", "-c", "3", "-W", "2", to])
+}
+
+/// Waits until `from` can ping `to` (ARP and FDB learning take a moment after changes).
+pub fn wait_ping(h: &Host, from: &str, to: &str) {
+    let ok = lab::try_wait_for(Duration::from_secs(20), || {
+        h.try_docker_exec(from, &["ping", "-c", "1", "-W", "1", to]).ok()
+    });
+    assert!(ok.is_some(), "{from} cannot reach {to}; oncache log:\n{}", h.oncache_log());
+}
+
+pub fn mtu_in(h: &Host, container: &str, dev: &str) -> u32 {
+    let out = h.docker_exec(container, &["cat", &format!("/sys/class/net/{dev}/mtu")]);
+    out.trim().parse().unwrap_or_else(|_| panic!("mtu of {dev} in {container}: {out}"))
+}
+
+/// POSTs a body of `len` bytes the way a misbehaving client would, writing from a thread so
+/// that a server which answers early (and stops reading) does not block the test.
+pub fn post_oversized(sock: &std::path::Path, method: &str, len: usize) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let head = format!("POST /{method} HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(head.as_bytes()).and_then(|_| w.write_all(&vec![b'x'; len]));
+    });
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    drop(s);
+    let _ = writer.join();
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (code, serde_json::from_str(body).unwrap_or_else(|_| panic!("oversized POST: unexpected answer {text:?}")))
+}

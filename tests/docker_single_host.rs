@@ -130,6 +130,7 @@ fn dockerd_restart_brings_back_restart_always_containers() {
     lab.host(0).run(&["--name", "da", "--restart", "always", "--network", "n", lab::IMAGE, "sleep", "1d"]);
     lab.host(0).run(&["--name", "db", "--restart", "always", "--network", "n", lab::IMAGE, "sleep", "1d"]);
     wait_ping(lab.host(0), "db", "da");
+    let started = lab.host(0).inspect("da")["State"]["StartedAt"].clone();
 
     lab.host_mut(0).restart_dockerd();
     let h = lab.host(0);
@@ -138,6 +139,7 @@ fn dockerd_restart_brings_back_restart_always_containers() {
             (h.inspect(c)["State"]["Running"] == true).then_some(())
         });
     }
+    assert_ne!(h.inspect("da")["State"]["StartedAt"], started, "the container was not restarted");
     wait_ping(h, "db", "da");
     // Exactly the two live endpoints remain: stale ones were deleted, nothing duplicated.
     let eps = status(h)["networks"][0]["endpoints"].as_array().unwrap().len();

@@ -28,7 +28,10 @@ fn underlay_ping_between_two_hosts() {
     assert!(std::path::Path::new(&h1.netns_path()).exists());
     // The leak check sees a live lab (it is not vacuous).
     let live = lab::leaks(lab.suffix());
-    assert!(live.iter().any(|l| l.contains("network namespace")), "{live:?}");
+    assert!(
+        live.iter().any(|l| l.contains("network namespace")),
+        "{live:?}"
+    );
     assert!(live.iter().any(|l| l.starts_with("folder")), "{live:?}");
     // A background process in a host netns.
     let mut bg = h1.spawn(&["sleep", "600"]);
@@ -46,8 +49,15 @@ fn dockerd_in_a_host_runs_containers() {
     lab.start_dockerds();
     let h = lab.host(0);
     let out = h.docker(&[
-        "run", "--rm", "--pull=never", "--network", "none", IMAGE,
-        "sh", "-c", "iperf3 --version && sockperf --version && echo ok",
+        "run",
+        "--rm",
+        "--pull=never",
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        "iperf3 --version && sockperf --version && echo ok",
     ]);
     assert!(out.lines().any(|l| l.trim() == "ok"), "{out}");
     // The hostname is the host's name; its sysfs shows its own links.
@@ -119,15 +129,25 @@ fn startup_failures_are_reported() {
     }))
     .expect_err("dockerd with a bad flag must not start");
     let msg = panic_text(err);
-    assert!(msg.contains("exited with") && msg.contains("no-such-flag"), "{msg}");
+    assert!(
+        msg.contains("exited with") && msg.contains("no-such-flag"),
+        "{msg}"
+    );
     assert!(h.dockerd_pid().is_none());
 
     let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        h.start_oncache_cmd(std::path::Path::new("/bin/sh"), &["-c", "echo plugin-says-bye; exit 3"], &[]);
+        h.start_oncache_cmd(
+            std::path::Path::new("/bin/sh"),
+            &["-c", "echo plugin-says-bye; exit 3"],
+            &[],
+        );
     }))
     .expect_err("a plugin that exits must be reported");
     let msg = panic_text(err);
-    assert!(msg.contains("exit 3") && msg.contains("plugin-says-bye"), "{msg}");
+    assert!(
+        msg.contains("exit 3") && msg.contains("plugin-says-bye"),
+        "{msg}"
+    );
     assert!(h.oncache_pid().is_none());
     // The harness is still usable after such a failure.
     h.start_dockerd();
@@ -166,7 +186,13 @@ fn plugin_slot_with_a_standin() {
     let sock = h.oncache_socket().to_string_lossy().into_owned();
     h.start_oncache_cmd(
         &exe,
-        &["standin_plugin", "--exact", "--ignored", "--nocapture", "--test-threads=1"],
+        &[
+            "standin_plugin",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ],
         &[("ONCACHE_LAB_STANDIN_SOCKET", &sock)],
     );
     // Default: the plugin sees the machine's sysfs (no ul0 there).
@@ -182,7 +208,13 @@ fn plugin_slot_with_a_standin() {
     assert!(log.contains("RUST_LOG=debug"), "{log}");
 
     // Raw bytes: the stand-in answers 400 to garbage.
-    let r = raw_exchange(&h.oncache_socket(), b"NOT HTTP\r\n\r\n", true, Duration::from_secs(10)).unwrap();
+    let r = raw_exchange(
+        &h.oncache_socket(),
+        b"NOT HTTP\r\n\r\n",
+        true,
+        Duration::from_secs(10),
+    )
+    .unwrap();
     assert_eq!(r.status(), Some(400), "{}", r.text());
 
     let pid = h.oncache_pid().unwrap();
@@ -210,8 +242,24 @@ fn plugin_slot_with_a_standin() {
 #[test]
 #[ignore = "helper process for plugin_slot_with_a_standin"]
 fn standin_plugin() {
-    let Ok(sock) = std::env::var("ONCACHE_LAB_STANDIN_SOCKET") else { return };
-    println!("standin: RUST_LOG={}", std::env::var("RUST_LOG").unwrap_or_default());
+    let Ok(sock) = std::env::var("ONCACHE_LAB_STANDIN_SOCKET") else {
+        return;
+    };
+    // As a managed plugin this runs as PID 1 of its PID namespace, where SIGTERM without a
+    // handler is ignored (dockerd would wait 10 s, then SIGKILL).
+    extern "C" fn on_term(_: libc::c_int) {
+        unsafe { libc::_exit(0) }
+    }
+    unsafe {
+        libc::signal(
+            libc::SIGTERM,
+            on_term as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+    }
+    println!(
+        "standin: RUST_LOG={}",
+        std::env::var("RUST_LOG").unwrap_or_default()
+    );
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock).expect("bind");
     for conn in listener.incoming() {
@@ -229,7 +277,11 @@ fn standin_plugin() {
             }
         };
         let head = head_end.map(|i| String::from_utf8_lossy(&buf[..i]).into_owned());
-        let req_line = head.as_deref().and_then(|h| h.lines().next()).unwrap_or("").to_string();
+        let req_line = head
+            .as_deref()
+            .and_then(|h| h.lines().next())
+            .unwrap_or("")
+            .to_string();
         let mut parts = req_line.split_whitespace();
         let (method, path, version) = (parts.next(), parts.next(), parts.next());
         let (status, body) = match (method, path, version) {
@@ -249,16 +301,24 @@ fn standin_plugin() {
                         Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     }
                 }
-                let req_body = String::from_utf8_lossy(&buf[start..buf.len().min(start + len)]).into_owned();
+                let req_body =
+                    String::from_utf8_lossy(&buf[start..buf.len().min(start + len)]).into_owned();
                 println!("standin: {path} {req_body}");
                 match path {
-                    "/Plugin.Activate" => ("200 OK", r#"{"Implements":["NetworkDriver"]}"#.to_string()),
-                    "/NetworkDriver.GetCapabilities" => {
-                        ("200 OK", r#"{"Scope":"local","ConnectivityScope":"local"}"#.to_string())
+                    "/Plugin.Activate" => {
+                        ("200 OK", r#"{"Implements":["NetworkDriver"]}"#.to_string())
                     }
+                    "/NetworkDriver.GetCapabilities" => (
+                        "200 OK",
+                        r#"{"Scope":"local","ConnectivityScope":"local"}"#.to_string(),
+                    ),
                     "/Lab.SysClassNet" => {
                         let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
-                            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                            .map(|rd| {
+                                rd.flatten()
+                                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                                    .collect()
+                            })
                             .unwrap_or_default();
                         names.sort();
                         ("200 OK", names.join(" "))
@@ -308,10 +368,43 @@ fn managed_plugin_standin() {
     });
     std::fs::write(pdir.join("config.json"), config.to_string()).unwrap();
     let h = lab.host(0);
-    h.docker(&["plugin", "create", "standin:latest", &pdir.to_string_lossy()]);
+    h.docker(&[
+        "plugin",
+        "create",
+        "standin:latest",
+        &pdir.to_string_lossy(),
+    ]);
     h.docker(&["plugin", "enable", "standin:latest"]);
     h.docker(&["network", "create", "-d", "standin:latest", "managed"]);
-    let out = h.sh("ps -eo pid,cgroup,args | grep '[s]tandin_plugin' || true");
-    eprintln!("managed plugin processes:\n{out}");
+    // dockerd runs the plugin in the cgroup /<plugin id>, outside the host's cgroups.
+    let id = h
+        .docker(&["plugin", "inspect", "-f", "{{.Id}}", "standin:latest"])
+        .trim()
+        .to_string();
+    let pids = lab::cleanup::procs_in_cgroups_named(&id);
+    assert!(!pids.is_empty(), "no process in the cgroups of plugin {id}");
+    // After a dockerd crash the plugin keeps running; the clean-up still finds and ends it.
+    lab.host_mut(0).kill_dockerd();
+    assert!(!lab::cleanup::procs_in_cgroups_named(&id).is_empty());
+    lab.finish();
+    assert!(lab::cleanup::procs_in_cgroups_named(&id).is_empty());
+}
+
+/// dockerd restarts keep the host's runtime state: after a crash (SIGKILL) the new dockerd finds
+/// the running containerd and container; `--live-restore` keeps containers across a clean restart.
+#[test]
+fn dockerd_crash_and_restart() {
+    let mut lab = Lab::new(1);
+    let h = lab.host_mut(0);
+    h.start_dockerd_with(&["--live-restore"]);
+    h.load_image();
+    h.run(&["--name", "keep", "--network", "none", IMAGE, "sleep", "600"]);
+    let pid = h.container_pid("keep");
+    h.kill_dockerd();
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    h.start_dockerd_with(&["--live-restore"]);
+    assert_eq!(h.container_pid("keep"), pid, "{}", h.dockerd_log());
+    h.restart_dockerd();
+    assert_eq!(h.container_pid("keep"), pid, "{}", h.dockerd_log());
     lab.finish();
 }

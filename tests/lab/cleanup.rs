@@ -24,10 +24,14 @@ use super::process::{proc_state, run, signal, start_time, try_wait_for};
 
 /// Mount points of all cgroup hierarchies (v1 controllers, name=systemd, cgroup2).
 pub fn cgroup_roots() -> Vec<PathBuf> {
-    let Ok(mi) = fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    let Ok(mi) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
     let mut roots = Vec::new();
     for line in mi.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else { continue };
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
         let fstype = post.split_whitespace().next().unwrap_or("");
         if fstype == "cgroup" || fstype == "cgroup2" {
             if let Some(mp) = pre.split_whitespace().nth(4) {
@@ -39,7 +43,10 @@ pub fn cgroup_roots() -> Vec<PathBuf> {
 }
 
 fn unescape_mount(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// The hierarchy used to track a host's processes: v1 `pids` if mounted, else the cgroup2 mount,
@@ -47,7 +54,10 @@ fn unescape_mount(s: &str) -> String {
 pub fn tracker_root() -> PathBuf {
     let roots = cgroup_roots();
     for want in ["pids", "unified", "systemd"] {
-        if let Some(r) = roots.iter().find(|r| r.file_name().is_some_and(|n| n == want)) {
+        if let Some(r) = roots
+            .iter()
+            .find(|r| r.file_name().is_some_and(|n| n == want))
+        {
             return r.clone();
         }
     }
@@ -122,9 +132,10 @@ pub fn procs_below(dir: &Path) -> Vec<u32> {
     pids
 }
 
-/// PIDs of every live (non-zombie) process of a host, found through its cgroups.
-pub fn host_procs(host_name: &str) -> Vec<u32> {
-    let mut pids: Vec<u32> = host_cgroup_dirs(host_name)
+/// PIDs of every live (non-zombie) process in cgroups named `name` (any hierarchy, any depth
+/// up to 6) and below.
+pub fn procs_in_cgroups_named(name: &str) -> Vec<u32> {
+    let mut pids: Vec<u32> = find_cgroup_dirs(|n| n == name, 6)
         .iter()
         .flat_map(|d| procs_below(d))
         .filter(|p| proc_state(*p).is_some_and(|s| s != 'Z'))
@@ -134,13 +145,19 @@ pub fn host_procs(host_name: &str) -> Vec<u32> {
     pids
 }
 
-/// SIGKILL, one PID at a time, every process left in a host's cgroups, until none are left.
-/// Returns the PIDs still there after `timeout` (empty on success).
-pub fn kill_host_procs(host_name: &str, timeout: Duration) -> Vec<u32> {
+/// PIDs of every live (non-zombie) process of a host, found through its cgroups.
+pub fn host_procs(host_name: &str) -> Vec<u32> {
+    procs_in_cgroups_named(&host_cgroup(host_name))
+}
+
+/// SIGKILL, one PID at a time, every process in cgroups named `name` (see
+/// [`procs_in_cgroups_named`]) until none are left. Returns the PIDs still there after `timeout`
+/// (empty on success).
+pub fn kill_cgroups_named(name: &str, timeout: Duration) -> Vec<u32> {
     let me = std::process::id();
     let mut left = Vec::new();
     let done = try_wait_for(timeout, || {
-        left = host_procs(host_name);
+        left = procs_in_cgroups_named(name);
         left.retain(|p| *p != me);
         if left.is_empty() {
             return Some(());
@@ -157,10 +174,15 @@ pub fn kill_host_procs(host_name: &str, timeout: Duration) -> Vec<u32> {
     }
 }
 
-/// Remove a host's cgroup directories (deepest first) in every hierarchy. Returns what could not
-/// be removed.
-pub fn remove_host_cgroups(host_name: &str, timeout: Duration) -> Vec<PathBuf> {
-    let tops = host_cgroup_dirs(host_name);
+/// [`kill_cgroups_named`] for a host's cgroups.
+pub fn kill_host_procs(host_name: &str, timeout: Duration) -> Vec<u32> {
+    kill_cgroups_named(&host_cgroup(host_name), timeout)
+}
+
+/// Remove cgroup directories named `name` (deepest first) in every hierarchy. Returns what could
+/// not be removed.
+pub fn remove_cgroups_named(name: &str, timeout: Duration) -> Vec<PathBuf> {
+    let tops = find_cgroup_dirs(|n| n == name, 6);
     let mut left = Vec::new();
     let _ = try_wait_for(timeout, || {
         left.clear();
@@ -190,10 +212,63 @@ pub fn remove_host_cgroups(host_name: &str, timeout: Duration) -> Vec<PathBuf> {
     left
 }
 
+/// [`remove_cgroups_named`] for a host's cgroups.
+pub fn remove_host_cgroups(host_name: &str, timeout: Duration) -> Vec<PathBuf> {
+    remove_cgroups_named(&host_cgroup(host_name), timeout)
+}
+
+/// IDs of the managed plugins (`docker plugin create/install`) in a dockerd data root.
+///
+/// dockerd runs managed plugins through containerd like containers, but NOT under
+/// `--cgroup-parent`: each gets the cgroup `/<plugin id>` at the root of every hierarchy, outside
+/// the host's cgroups. Their IDs (random, 64 hex digits) are the names of the folders in
+/// `<data-root>/plugins/`, readable even after dockerd is gone; that is how the clean-up finds
+/// them.
+pub fn plugin_ids(data_root: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = fs::read_dir(data_root.join("plugins"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// Kill what is left of the managed plugins of a data root and remove their cgroups. Returns
+/// problems.
+pub fn kill_managed_plugins(data_root: &Path, suffix: Option<&str>) -> Vec<String> {
+    let mut errs = Vec::new();
+    for id in plugin_ids(data_root) {
+        if let Some(s) = suffix {
+            record_cgroup(s, &id);
+        }
+        let left = kill_cgroups_named(&id, Duration::from_secs(10));
+        if !left.is_empty() {
+            errs.push(format!(
+                "managed plugin {id}: processes survive SIGKILL: {left:?}"
+            ));
+        }
+        let left = remove_cgroups_named(&id, Duration::from_secs(5));
+        if !left.is_empty() {
+            errs.push(format!(
+                "managed plugin {id}: cgroups not removable: {left:?}"
+            ));
+        }
+    }
+    errs
+}
+
 /// Names of network namespaces in /run/netns.
 pub fn netns_names() -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir("/run/netns")
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -202,19 +277,30 @@ pub fn netns_names() -> Vec<String> {
 /// Does a namespace / host name belong to the lab with this suffix ("oc<suffix>sw",
 /// "oc<suffix>h<digits>")?
 pub fn belongs(name: &str, suffix: &str) -> bool {
-    let Some(rest) = name.strip_prefix(&format!("oc{suffix}")) else { return false };
-    rest == "sw" || rest.strip_prefix('h').is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+    let Some(rest) = name.strip_prefix(&format!("oc{suffix}")) else {
+        return false;
+    };
+    rest == "sw"
+        || rest
+            .strip_prefix('h')
+            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
 pub fn delete_netns(name: &str) -> Result<(), String> {
     if !Path::new("/run/netns").join(name).exists() {
         return Ok(());
     }
-    let out = run(Command::new("ip").args(["netns", "del", name]), Duration::from_secs(30))?;
+    let out = run(
+        Command::new("ip").args(["netns", "del", name]),
+        Duration::from_secs(30),
+    )?;
     if out.status.success() || !Path::new("/run/netns").join(name).exists() {
         Ok(())
     } else {
-        Err(format!("ip netns del {name}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "ip netns del {name}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -247,9 +333,33 @@ pub fn record_spawn(suffix: &str, pid: u32, what: &str) {
         .push((pid, st, what.to_string()));
 }
 
+static CGROUPS: Mutex<Option<HashMap<String, Vec<String>>>> = Mutex::new(None);
+
+/// Remember a cgroup name outside the lab's naming scheme (a managed plugin's ID) for the leak
+/// check.
+pub fn record_cgroup(suffix: &str, name: &str) {
+    let mut g = CGROUPS.lock().unwrap_or_else(|e| e.into_inner());
+    let v = g
+        .get_or_insert_with(HashMap::new)
+        .entry(suffix.to_string())
+        .or_default();
+    if !v.iter().any(|n| n == name) {
+        v.push(name.to_string());
+    }
+}
+
+fn recorded_cgroups(suffix: &str) -> Vec<String> {
+    let g = CGROUPS.lock().unwrap_or_else(|e| e.into_inner());
+    g.as_ref()
+        .and_then(|m| m.get(suffix).cloned())
+        .unwrap_or_default()
+}
+
 fn recorded(suffix: &str) -> Vec<(u32, u64, String)> {
     let g = SPAWNED.lock().unwrap_or_else(|e| e.into_inner());
-    g.as_ref().and_then(|m| m.get(suffix).cloned()).unwrap_or_default()
+    g.as_ref()
+        .and_then(|m| m.get(suffix).cloned())
+        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -267,7 +377,10 @@ pub fn leaks(suffix: &str) -> Vec<String> {
         }
     }
     // Links in the machine's own namespace (the lab makes none there; this catches mistakes).
-    if let Ok(out) = run(Command::new("ip").args(["-o", "link", "show"]), Duration::from_secs(10)) {
+    if let Ok(out) = run(
+        Command::new("ip").args(["-o", "link", "show"]),
+        Duration::from_secs(10),
+    ) {
         for l in String::from_utf8_lossy(&out.stdout).lines() {
             if l.contains(&format!("oc{suffix}h")) || l.contains(&format!("oc{suffix}sw")) {
                 found.push(format!("link: {l}"));
@@ -297,15 +410,17 @@ pub fn leaks(suffix: &str) -> Vec<String> {
             let cg = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
             let in_cg = cg.lines().any(|l| {
                 l.rsplit(':').next().is_some_and(|p| {
-                    p.split('/').any(|c| {
-                        c.strip_prefix("lab-").is_some_and(|n| belongs(n, suffix))
-                    })
+                    p.split('/')
+                        .any(|c| c.strip_prefix("lab-").is_some_and(|n| belongs(n, suffix)))
                 })
             });
             let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
             if in_cg || cmd.contains(&lab_dir_slash) || cmd.trim_end().ends_with(&lab_dir) {
-                found.push(format!("process {pid} ({}) {cmd}", if in_cg { "in lab cgroup" } else { "cmdline" }));
+                found.push(format!(
+                    "process {pid} ({}) {cmd}",
+                    if in_cg { "in lab cgroup" } else { "cmdline" }
+                ));
             }
         }
     }
@@ -322,13 +437,26 @@ pub fn leaks(suffix: &str) -> Vec<String> {
     if Path::new(&lab_dir).exists() {
         found.push(format!("folder {lab_dir}"));
     }
-    for d in find_cgroup_dirs(|n| n.strip_prefix("lab-").is_some_and(|h| belongs(h, suffix)), 6) {
+    for d in find_cgroup_dirs(
+        |n| n.strip_prefix("lab-").is_some_and(|h| belongs(h, suffix)),
+        6,
+    ) {
         found.push(format!("cgroup {}", d.display()));
+    }
+    for id in recorded_cgroups(suffix) {
+        for p in procs_in_cgroups_named(&id) {
+            found.push(format!("process {p} of managed plugin {id}"));
+        }
+        for d in find_cgroup_dirs(|n| n == id, 6) {
+            found.push(format!("cgroup of managed plugin {}", d.display()));
+        }
     }
     if let Ok(rd) = fs::read_dir("/sys/fs/bpf") {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if n.strip_prefix("oncache-").is_some_and(|h| belongs(h, suffix)) {
+            if n.strip_prefix("oncache-")
+                .is_some_and(|h| belongs(h, suffix))
+            {
                 found.push(format!("bpf pin folder {}", e.path().display()));
             }
         }
@@ -340,7 +468,11 @@ pub fn leaks(suffix: &str) -> Vec<String> {
 /// processes, mounts, folders, cgroups, bpf pin folders).
 pub fn assert_no_leaks(suffix: &str) {
     let l = leaks(suffix);
-    assert!(l.is_empty(), "lab {suffix} left things behind:\n  {}", l.join("\n  "));
+    assert!(
+        l.is_empty(),
+        "lab {suffix} left things behind:\n  {}",
+        l.join("\n  ")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -369,11 +501,18 @@ pub fn sweep_stale() {
         let dead = |pid: u32| pid != me && !pid_alive(pid);
         // Hosts' processes, then their cgroups (in every hierarchy).
         let stale = |n: &str| {
-            n.strip_prefix("lab-oc").and_then(owner_pid).is_some_and(dead)
+            n.strip_prefix("lab-oc")
+                .and_then(owner_pid)
+                .is_some_and(dead)
         };
         let mut hosts: Vec<String> = find_cgroup_dirs(stale, 6)
             .iter()
-            .filter_map(|d| d.file_name()?.to_str()?.strip_prefix("lab-").map(String::from))
+            .filter_map(|d| {
+                d.file_name()?
+                    .to_str()?
+                    .strip_prefix("lab-")
+                    .map(String::from)
+            })
             .collect();
         hosts.sort();
         hosts.dedup();
@@ -414,6 +553,14 @@ pub fn sweep_stale() {
                     None
                 };
                 if pid.is_some_and(dead) {
+                    // Managed plugins of the stale lab's dockerds live outside its cgroups.
+                    if let Ok(hosts) = fs::read_dir(e.path()) {
+                        for h in hosts.flatten() {
+                            for err in kill_managed_plugins(&h.path().join("data"), None) {
+                                eprintln!("lab sweep: {err}");
+                            }
+                        }
+                    }
                     if let Err(e) = remove_tree(&e.path(), Duration::from_secs(5)) {
                         eprintln!("lab sweep: {e}");
                     }

@@ -30,7 +30,11 @@ impl HttpResponse {
     /// The body parsed as JSON (panics with the body if it is not JSON).
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("response body is not JSON ({e}): status {} body {:?}", self.status, self.body_str())
+            panic!(
+                "response body is not JSON ({e}): status {} body {:?}",
+                self.status,
+                self.body_str()
+            )
         })
     }
 }
@@ -120,7 +124,12 @@ impl RawReply {
 
 /// Send arbitrary bytes; if `half_close`, shut down the write side afterwards. Read until EOF
 /// or until `timeout`, whichever comes first.
-pub fn raw_exchange(socket: &Path, bytes: &[u8], half_close: bool, timeout: Duration) -> io::Result<RawReply> {
+pub fn raw_exchange(
+    socket: &Path,
+    bytes: &[u8],
+    half_close: bool,
+    timeout: Duration,
+) -> io::Result<RawReply> {
     let deadline = Instant::now() + timeout;
     let mut s = connect(socket, timeout)?;
     s.write_all(bytes)?;
@@ -132,14 +141,25 @@ pub fn raw_exchange(socket: &Path, bytes: &[u8], half_close: bool, timeout: Dura
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Ok(RawReply { data, closed: false });
+            return Ok(RawReply {
+                data,
+                closed: false,
+            });
         }
         s.set_read_timeout(Some(left))?;
         match s.read(&mut buf) {
             Ok(0) => return Ok(RawReply { data, closed: true }),
             Ok(n) => data.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                return Ok(RawReply { data, closed: false })
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(RawReply {
+                    data,
+                    closed: false,
+                })
             }
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
                 return Ok(RawReply { data, closed: true })
@@ -160,7 +180,10 @@ fn connect(socket: &Path, timeout: Duration) -> io::Result<UnixStream> {
 fn read_some(s: &mut UnixStream, buf: &mut Vec<u8>, deadline: Instant) -> io::Result<usize> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
-        return Err(io::Error::new(io::ErrorKind::TimedOut, "HTTP response timed out"));
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "HTTP response timed out",
+        ));
     }
     s.set_read_timeout(Some(left))?;
     let mut chunk = [0u8; 8192];
@@ -172,7 +195,10 @@ fn read_some(s: &mut UnixStream, buf: &mut Vec<u8>, deadline: Instant) -> io::Re
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "HTTP response timed out"))
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "HTTP response timed out",
+                ))
             }
             Err(e) => return Err(e),
         }
@@ -218,7 +244,11 @@ fn read_response(s: &mut UnixStream, deadline: Instant) -> io::Result<HttpRespon
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
     }
-    let mut resp = HttpResponse { status, headers, body: Vec::new() };
+    let mut resp = HttpResponse {
+        status,
+        headers,
+        body: Vec::new(),
+    };
     let mut rest = buf[head_end + 4..].to_vec();
 
     let chunked = resp

@@ -24,15 +24,32 @@
 //! there (as `<host>-dockerd.log`, `<host>-oncache.log`) before the lab folder is removed.
 //!
 //! ## Running dockerd in a namespace (what was found to work on this machine)
-//! See `Host::start_dockerd_with`. In short: `nsenter --net=<netns> unshare --mount --uts
-//! --propagation private sh start-dockerd.sh`, where the script (written to the host's folder,
-//! handy for debugging) joins the tracker cgroup, sets the hostname, drops mounts copied from
-//! the machine's namespace that would pin other labs' namespaces (`/run/netns/*`, other dockerds'
-//! `/run/docker/netns/*`), mounts a sysfs of the host's netns over /sys (so dockerd sees its own
-//! /sys/class/net) with the cgroup v1 tree bound away first and rbound back, mounts private tmpfs
-//! on /run/docker, /run/containerd and /etc/docker, binds the plugins folder on
-//! /run/docker/plugins, and `exec`s dockerd, so the PID we spawned IS dockerd (nsenter and
-//! unshare without --fork exec too).
+//! - A "namespace holder" per host: `nsenter --net=<netns> unshare --mount --uts --propagation
+//!   private sh hold-namespaces.sh` (script written to the host's folder). It joins the tracker
+//!   cgroup, sets the hostname, drops mounts copied from the machine's namespace that would pin
+//!   other labs' namespaces (`/run/netns/*`, another dockerd's `/run/docker/netns/*`), mounts a
+//!   sysfs of the host's netns over /sys (dockerd reads /sys/class/net) after binding the cgroup
+//!   v1 tree away and rbinds it back (a fresh sysfs hides it: "Devices cgroup isn't mounted"),
+//!   mounts private tmpfs on /run/docker, /run/containerd (else all dockerds share one
+//!   containerd) and /etc/docker (else they share one engine ID), binds the host's plugins folder
+//!   on /run/docker/plugins, then `exec sleep`.
+//! - dockerd: `nsenter --net=<netns> --mount=/proc/<holder>/ns/mnt --uts=/proc/<holder>/ns/uts
+//!   sh start-dockerd.sh`, which `exec`s dockerd: the PID we spawned IS dockerd (nsenter and
+//!   unshare without --fork exec too). Because the namespaces outlive dockerd, a restart finds
+//!   /run/docker and /run/containerd as on a real machine: `--live-restore` keeps containers,
+//!   and after a crash ([`Host::kill_dockerd`]) the new dockerd's containerd re-attaches to the
+//!   running shims and containers.
+//! - dockerd gives its containerd Pdeathsig=SIGKILL; PID 1 of this VM reaps orphans only about
+//!   once a second, so a crashed dockerd's containerd lingers as a zombie and the next dockerd,
+//!   seeing its PID in containerd.pid, waits for it until "timeout waiting for containerd to
+//!   start". The start script removes a pidfile that names a zombie or nothing.
+//! - Containers get the RELATIVE `--cgroup-parent=lab-<host>` (see cleanup.rs). Managed plugins
+//!   ignore it and get `/<plugin id>` at the hierarchy roots; clean-up finds them by their IDs.
+//! - A container whose PID 1 ignores SIGTERM (`sleep` in the test image) makes every clean dockerd
+//!   stop wait 10 s for it: use `docker run --init` or `--stop-timeout 1` for containers that
+//!   must survive into a dockerd restart. `Drop` removes containers with `docker rm -f` first.
+//! - The machine has no iputils `ping`: in host namespaces use `busybox ping`.
+//! - The docker CLI on PATH is 28.x, dockerd is 20.10: the CLI negotiates API 1.41 and works.
 
 #![allow(dead_code, unused_imports)]
 
@@ -94,7 +111,9 @@ pub fn ensure_bpffs() {
         let mi = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mounted = mi.lines().any(|l| {
             let mp = l.split_whitespace().nth(4);
-            let fstype = l.split_once(" - ").and_then(|(_, p)| p.split_whitespace().next());
+            let fstype = l
+                .split_once(" - ")
+                .and_then(|(_, p)| p.split_whitespace().next());
             mp == Some("/sys/fs/bpf") && fstype == Some("bpf")
         });
         if !mounted {
@@ -130,7 +149,10 @@ impl Lab {
     /// Create `n_hosts` hosts `oc<suffix>h0..` on one underlay switch. Host i has `ul0` with
     /// 10.99.<labid>.<i+1>/24.
     pub fn new(n_hosts: usize) -> Lab {
-        assert!((1..=200).contains(&n_hosts), "Lab::new: 1..=200 hosts, not {n_hosts}");
+        assert!(
+            (1..=200).contains(&n_hosts),
+            "Lab::new: 1..=200 hosts, not {n_hosts}"
+        );
         cleanup::sweep_stale();
         let pid = std::process::id();
         let (n, suffix) = loop {
@@ -187,6 +209,7 @@ impl Lab {
             name: name.clone(),
             dockerd: None,
             dockerd_extra: Vec::new(),
+            ns_holder: None,
             oncache: None,
             oncache_cmd: None,
             oncache_private_sysfs: false,
@@ -195,9 +218,32 @@ impl Lab {
         let sw = self.switch_netns.clone();
         let port = self.switch_port(i);
         ip(&["-n", &name, "link", "set", "lo", "up"]);
-        ip(&["-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", UNDERLAY_IF, "netns", &name]);
-        ip(&["-n", &sw, "link", "set", "dev", &port, "master", "br0", "up"]);
-        ip(&["-n", &name, "addr", "add", &format!("{underlay_ip}/24"), "dev", UNDERLAY_IF]);
+        ip(&[
+            "-n",
+            &sw,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            UNDERLAY_IF,
+            "netns",
+            &name,
+        ]);
+        ip(&[
+            "-n", &sw, "link", "set", "dev", &port, "master", "br0", "up",
+        ]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{underlay_ip}/24"),
+            "dev",
+            UNDERLAY_IF,
+        ]);
         ip(&["-n", &name, "link", "set", UNDERLAY_IF, "up"]);
     }
 
@@ -236,7 +282,8 @@ impl Lab {
     /// Run a shell script in the switch namespace; panics on failure.
     pub fn switch_sh(&self, script: &str) -> String {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.switch_netns)).args(["--", "sh", "-c", script]);
+        c.arg(format!("--net=/run/netns/{}", self.switch_netns))
+            .args(["--", "sh", "-c", script]);
         run_ok(&mut c, CMD_TIMEOUT).unwrap_or_else(|e| panic!("switch: {e}"))
     }
 
@@ -282,7 +329,11 @@ impl Lab {
     fn cleanup(&mut self) -> Vec<String> {
         let mut errs = Vec::new();
         let results = thread::scope(|s| {
-            let hs: Vec<_> = self.hosts.iter_mut().map(|h| s.spawn(move || h.shutdown())).collect();
+            let hs: Vec<_> = self
+                .hosts
+                .iter_mut()
+                .map(|h| s.spawn(move || h.shutdown()))
+                .collect();
             hs.into_iter().map(|h| h.join()).collect::<Vec<_>>()
         });
         for r in results {
@@ -296,7 +347,10 @@ impl Lab {
             let keep = PathBuf::from(keep);
             let _ = fs::create_dir_all(&keep);
             for h in &self.hosts {
-                for (src, what) in [(h.dockerd_log_path(), "dockerd"), (h.oncache_log_path(), "oncache")] {
+                for (src, what) in [
+                    (h.dockerd_log_path(), "dockerd"),
+                    (h.oncache_log_path(), "oncache"),
+                ] {
                     if src.exists() {
                         let _ = fs::copy(&src, keep.join(format!("{}-{what}.log", h.name)));
                     }
@@ -327,7 +381,11 @@ impl Drop for Lab {
     fn drop(&mut self) {
         let errs = self.cleanup();
         if !errs.is_empty() {
-            let msg = format!("lab {} clean-up problems:\n  {}", self.suffix, errs.join("\n  "));
+            let msg = format!(
+                "lab {} clean-up problems:\n  {}",
+                self.suffix,
+                errs.join("\n  ")
+            );
             if thread::panicking() {
                 eprintln!("{msg}");
             } else {
@@ -368,6 +426,7 @@ pub struct Host {
     suffix: String,
     dockerd: Option<Child>,
     dockerd_extra: Vec<String>,
+    ns_holder: Option<Child>,
     oncache: Option<Child>,
     oncache_cmd: Option<PluginCmd>,
     oncache_private_sysfs: bool,
@@ -402,7 +461,8 @@ impl Host {
 
     /// `sh -c script` in the host's network namespace; stdout, or panic with stderr.
     pub fn sh(&self, script: &str) -> String {
-        self.try_sh(script).unwrap_or_else(|e| panic!("{}: {e}", self.name))
+        self.try_sh(script)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name))
     }
 
     pub fn try_sh(&self, script: &str) -> Result<String, String> {
@@ -424,12 +484,20 @@ impl Host {
         let procs = cleanup::tracker_procs(&self.name, "bg").unwrap_or_else(|e| panic!("{e}"));
         let f = fs::File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
         let mut c = self.nsenter();
-        c.args(["sh", "-c", "echo $$ > \"$0\" && exec \"$@\""]).arg(&procs).args(cmd);
-        c.stdin(Stdio::null()).stdout(f.try_clone().unwrap()).stderr(f);
+        c.args(["sh", "-c", "echo $$ > \"$0\" && exec \"$@\""])
+            .arg(&procs)
+            .args(cmd);
+        c.stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f);
         let what = format!("{}: {}", self.name, cmd.join(" "));
         let child = c.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
         cleanup::record_spawn(&self.suffix, child.id(), &what);
-        Bg { child: Some(child), log, what }
+        Bg {
+            child: Some(child),
+            log,
+            what,
+        }
     }
 
     // ---- dockerd -----------------------------------------------------------------------------
@@ -455,39 +523,41 @@ impl Host {
 
     /// [`Host::start_dockerd`] with extra dockerd arguments (kept for restarts).
     pub fn start_dockerd_with(&mut self, extra_args: &[&str]) {
-        assert!(self.dockerd.is_none(), "{}: dockerd already running", self.name);
+        assert!(
+            self.dockerd.is_none(),
+            "{}: dockerd already running",
+            self.name
+        );
         self.dockerd_extra = extra_args.iter().map(|s| s.to_string()).collect();
         self.spawn_dockerd();
     }
 
-    fn spawn_dockerd(&mut self) {
-        let procs = cleanup::tracker_procs(&self.name, "dockerd").unwrap_or_else(|e| panic!("{e}"));
+    /// Start the process that holds this host's mount and UTS namespaces (once per lab host),
+    /// so that dockerd restarts keep /run/docker, /run/containerd and a still-running containerd,
+    /// as on a real machine.
+    fn ensure_ns_holder(&mut self) {
+        if let Some(h) = self.ns_holder.as_mut() {
+            match h.try_wait() {
+                Ok(None) => return,
+                _ => {
+                    self.ns_holder = None;
+                }
+            }
+        }
+        let procs = cleanup::tracker_procs(&self.name, "holder").unwrap_or_else(|e| panic!("{e}"));
         let d = &self.dir;
         let q = |p: &Path| shell_quote(&p.to_string_lossy());
-        let mut dockerd = vec![
-            "dockerd".to_string(),
-            "--data-root".into(),
-            q(&d.join("data")),
-            "--exec-root".into(),
-            "/run/docker".into(),
-            "--pidfile".into(),
-            q(&d.join("docker.pid")),
-            "-H".into(),
-            shell_quote(&format!("unix://{}", self.docker_sock.display())),
-            "--bridge=none".into(),
-            // Relative on purpose, see cleanup.rs.
-            format!("--cgroup-parent={}", cleanup::host_cgroup(&self.name)),
-        ];
-        dockerd.extend(self.dockerd_extra.iter().map(|a| shell_quote(a)));
+        let ready = d.join(".ns-ready");
+        let _ = fs::remove_file(&ready);
         let script = format!(
             r#"set -eu
-# Written by the lab harness (tests/lab/mod.rs); runs as:
+# Written by the lab harness (tests/lab/mod.rs); runs as
 #   nsenter --net=/run/netns/{netns} unshare --mount --uts --propagation private sh THIS
-# Track this process (and so dockerd, containerd, the shims) in the host's cgroup.
+# and then only holds the namespaces; dockerd joins them with nsenter.
 echo $$ > {procs}
 hostname {name}
 # The new mount namespace starts as a copy of the machine's. Copies of /run/netns/* would keep
-# other labs' namespaces alive as long as this dockerd lives, copies of another dockerd's
+# other labs' namespaces alive as long as this one lives, copies of another dockerd's
 # /run/docker/netns/* its containers' namespaces: drop them (lazily; this namespace is private).
 for m in $(awk '{{print $5}}' /proc/self/mountinfo | grep -E '^/(run/netns|run/docker|run/containerd|var/run/docker|var/lib/docker)(/|$)' | sort -r); do
     umount -l "$m" 2>/dev/null || true
@@ -509,15 +579,123 @@ mount -t tmpfs -o mode=0711 tmpfs /run/containerd
 mount -t tmpfs -o mode=0755 tmpfs /etc/docker
 mkdir -p /run/docker/plugins
 mount --bind {plugins} /run/docker/plugins
-rm -f {pidfile}
-echo "lab: exec dockerd as pid $$ in netns {netns}, hostname $(hostname)"
-exec {dockerd}
+echo "lab: namespaces of {name} held by pid $$"
+echo $$ > {ready}
+exec sleep 2147483647
 "#,
             netns = self.netns,
             procs = q(&procs),
             name = shell_quote(&self.name),
             stash = q(&d.join(".cgroup-stash")),
             plugins = q(&self.plugins_dir),
+            ready = q(&ready),
+        );
+        let script_path = d.join("hold-namespaces.sh");
+        fs::write(&script_path, script).expect("write hold-namespaces.sh");
+        let log_path = self.dockerd_log_path();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap_or_else(|e| panic!("{}: {e}", log_path.display()));
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.netns_path()))
+            .args([
+                "--",
+                "unshare",
+                "--mount",
+                "--uts",
+                "--propagation",
+                "private",
+                "sh",
+            ])
+            .arg(&script_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = c
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: spawn namespace holder: {e}", self.name));
+        let pid = child.id();
+        cleanup::record_spawn(
+            &self.suffix,
+            pid,
+            &format!("namespace holder of {}", self.name),
+        );
+        self.ns_holder = Some(child);
+        let mut died = None;
+        let ok = try_wait_for(Duration::from_secs(20), || {
+            if let Some(st) = self
+                .ns_holder
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                died = Some(st);
+                return Some(false);
+            }
+            fs::read_to_string(&ready)
+                .ok()
+                .filter(|s| s.trim() == pid.to_string())
+                .map(|_| true)
+        });
+        if ok != Some(true) {
+            if died.is_some() {
+                self.ns_holder = None;
+            }
+            panic!(
+                "{}: the namespace holder (pid {pid}) {}\n--- log ---\n{}",
+                self.name,
+                died.map(|st| format!("exited with {}", describe_status(&st)))
+                    .unwrap_or_else(|| "was not ready within 20 s".into()),
+                tail_file(&log_path, 40)
+            );
+        }
+    }
+
+    fn spawn_dockerd(&mut self) {
+        self.ensure_ns_holder();
+        let holder = self.ns_holder.as_ref().map(|c| c.id()).expect("holder");
+        let procs = cleanup::tracker_procs(&self.name, "dockerd").unwrap_or_else(|e| panic!("{e}"));
+        let d = &self.dir;
+        let q = |p: &Path| shell_quote(&p.to_string_lossy());
+        let mut dockerd = vec![
+            "dockerd".to_string(),
+            "--data-root".into(),
+            q(&d.join("data")),
+            "--exec-root".into(),
+            "/run/docker".into(),
+            "--pidfile".into(),
+            q(&d.join("docker.pid")),
+            "-H".into(),
+            shell_quote(&format!("unix://{}", self.docker_sock.display())),
+            "--bridge=none".into(),
+            // Relative on purpose, see cleanup.rs.
+            format!("--cgroup-parent={}", cleanup::host_cgroup(&self.name)),
+        ];
+        dockerd.extend(self.dockerd_extra.iter().map(|a| shell_quote(a)));
+        let script = format!(
+            r#"set -eu
+# Written by the lab harness (tests/lab/mod.rs); runs as
+#   nsenter --net=/run/netns/{netns} --mount=/proc/HOLDER/ns/mnt --uts=/proc/HOLDER/ns/uts sh THIS
+# Track this process (and so dockerd, containerd, the shims) in the host's cgroup.
+echo $$ > {procs}
+rm -f {pidfile}
+# dockerd starts containerd with Pdeathsig=SIGKILL, so after a crash of dockerd its containerd
+# dies too, but stays a zombie until PID 1 reaps it, which is slow here; dockerd takes the zombie
+# for a running containerd and times out waiting for it. Drop a pidfile naming a dead process.
+pf=/run/docker/containerd/containerd.pid
+if [ -f "$pf" ]; then
+    p=$(cat "$pf")
+    st=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | cut -d' ' -f1 || true)
+    case "$st" in
+        ""|Z|X) echo "lab: removing stale $pf (pid $p: ${{st:-gone}})"; rm -f "$pf" ;;
+    esac
+fi
+echo "lab: exec dockerd as pid $$ in netns {netns}, hostname $(hostname)"
+exec {dockerd}
+"#,
+            netns = self.netns,
+            procs = q(&procs),
             pidfile = q(&d.join("docker.pid")),
             dockerd = dockerd.join(" "),
         );
@@ -532,12 +710,16 @@ exec {dockerd}
             .unwrap_or_else(|e| panic!("{}: {e}", log_path.display()));
         let mut c = Command::new("nsenter");
         c.arg(format!("--net={}", self.netns_path()))
-            .args(["--", "unshare", "--mount", "--uts", "--propagation", "private", "sh"])
+            .arg(format!("--mount=/proc/{holder}/ns/mnt"))
+            .arg(format!("--uts=/proc/{holder}/ns/uts"))
+            .args(["--", "sh"])
             .arg(&script_path)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        let child = c.spawn().unwrap_or_else(|e| panic!("{}: spawn dockerd: {e}", self.name));
+        let child = c
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: spawn dockerd: {e}", self.name));
         let pid = child.id();
         cleanup::record_spawn(&self.suffix, pid, &format!("dockerd of {}", self.name));
         self.dockerd = Some(child);
@@ -547,7 +729,11 @@ exec {dockerd}
         let start = Instant::now();
         let mut died: Option<ExitStatus> = None;
         let ok = try_wait_for(DOCKERD_START_TIMEOUT, || {
-            if let Some(st) = self.dockerd.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(st) = self
+                .dockerd
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 died = Some(st);
                 return Some(false);
             }
@@ -575,33 +761,36 @@ exec {dockerd}
         }
     }
 
-    /// Stop dockerd (SIGTERM by PID, wait, SIGKILL after [`DOCKERD_STOP_GRACE`]). Returns its
-    /// exit status, None if it was not running.
+    /// Stop dockerd (SIGTERM by PID, wait, SIGKILL after [`DOCKERD_STOP_GRACE`]) and reap it.
+    /// Returns its exit status, None if it was not running.
+    ///
+    /// Only dockerd is signalled. On a clean exit dockerd itself stops the containers (unless
+    /// `--live-restore`), its managed plugins and its containerd, as on a real machine. The host's
+    /// mount namespace (/run/docker, /run/containerd) stays, held by a separate process, so a
+    /// following start finds what a real restart would find.
     pub fn stop_dockerd(&mut self) -> Option<ExitStatus> {
         let mut child = self.dockerd.take()?;
-        let st = terminate(&mut child, DOCKERD_STOP_GRACE);
-        // dockerd stops containerd on a clean exit; after a SIGKILL containerd may stay. A new
-        // dockerd must not race the old containerd: wait for the processes in the dockerd cgroup
-        // (dockerd, containerd, shims) to go, SIGKILL by PID what is still there after 10 s.
-        let cg = cleanup::tracker_root().join(cleanup::host_cgroup(&self.name)).join("dockerd");
-        let live = || -> Vec<u32> {
-            cleanup::procs_below(&cg)
-                .into_iter()
-                .filter(|p| process::proc_state(*p).is_some_and(|s| s != 'Z'))
-                .collect()
-        };
-        if try_wait_for(Duration::from_secs(10), || live().is_empty().then_some(())).is_none() {
-            let left = live();
-            eprintln!("{}: killing what dockerd left: {left:?}", self.name);
-            for p in left {
-                process::signal(p, libc::SIGKILL);
-            }
-            let _ = try_wait_for(Duration::from_secs(10), || live().is_empty().then_some(()));
-        }
+        terminate(&mut child, DOCKERD_STOP_GRACE)
+    }
+
+    /// Crash dockerd: SIGKILL by PID and reap. containerd, the shims, containers and managed
+    /// plugins keep running (as after a real crash); a later start reconnects to that containerd.
+    pub fn kill_dockerd(&mut self) -> Option<ExitStatus> {
+        let mut child = self.dockerd.take()?;
+        let children = process::children_of(child.id());
+        let st = process::kill_and_reap(&mut child);
+        // Its children with a parent-death signal (containerd, docker-proxy) die with it: wait for
+        // that, as a crash would be over by the time anyone looks.
+        let _ = try_wait_for(Duration::from_secs(5), || {
+            children
+                .iter()
+                .all(|p| process::proc_state(*p).is_none_or(|s| s == 'Z' || s == 'X'))
+                .then_some(())
+        });
         st
     }
 
-    /// Stop dockerd and start it again with the same folders and arguments.
+    /// Stop dockerd (if it runs) and start it again with the same folders and arguments.
     pub fn restart_dockerd(&mut self) {
         self.stop_dockerd();
         self.spawn_dockerd();
@@ -679,13 +868,17 @@ exec {dockerd}
         let out = self.docker(&["inspect", name]);
         let v: serde_json::Value = serde_json::from_str(&out)
             .unwrap_or_else(|e| panic!("docker inspect {name}: not JSON ({e}): {out}"));
-        v.get(0).cloned().unwrap_or_else(|| panic!("docker inspect {name}: empty answer"))
+        v.get(0)
+            .cloned()
+            .unwrap_or_else(|| panic!("docker inspect {name}: empty answer"))
     }
 
     /// IPv4 address of a container on a network.
     pub fn container_ip(&self, name: &str, network: &str) -> Ipv4Addr {
         let v = self.inspect(name);
-        let ip = v["NetworkSettings"]["Networks"][network]["IPAddress"].as_str().unwrap_or("");
+        let ip = v["NetworkSettings"]["Networks"][network]["IPAddress"]
+            .as_str()
+            .unwrap_or("");
         ip.parse().unwrap_or_else(|_| {
             panic!(
                 "{}: container {name} has no IPv4 address on network {network}: {}",
@@ -701,8 +894,12 @@ exec {dockerd}
         v["State"]["Pid"]
             .as_u64()
             .filter(|p| *p != 0)
-            .unwrap_or_else(|| panic!("{}: container {name} is not running: {}", self.name, v["State"]))
-            as u32
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: container {name} is not running: {}",
+                    self.name, v["State"]
+                )
+            }) as u32
     }
 
     // ---- oncache -----------------------------------------------------------------------------
@@ -756,18 +953,33 @@ exec {dockerd}
     /// Start any program as "the plugin" of this host (same socket, log, process tracking and
     /// readiness check as [`Host::start_oncache`]): for stand-ins and wrappers. The program must
     /// listen on [`Host::oncache_socket`].
-    pub fn start_oncache_cmd<S: AsRef<OsStr>>(&mut self, program: &Path, args: &[S], env: &[(&str, &str)]) {
+    pub fn start_oncache_cmd<S: AsRef<OsStr>>(
+        &mut self,
+        program: &Path,
+        args: &[S],
+        env: &[(&str, &str)],
+    ) {
         let spec = PluginCmd {
             program: program.to_path_buf(),
-            args: args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            args: args
+                .iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned())
+                .collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         self.oncache_cmd = Some(spec);
         self.spawn_oncache();
     }
 
     fn spawn_oncache(&mut self) {
-        assert!(self.oncache.is_none(), "{}: oncache already running", self.name);
+        assert!(
+            self.oncache.is_none(),
+            "{}: oncache already running",
+            self.name
+        );
         let spec = self.oncache_cmd.clone().expect("no plugin command");
         let procs = cleanup::tracker_procs(&self.name, "oncache").unwrap_or_else(|e| panic!("{e}"));
         let log_path = self.oncache_log_path();
@@ -792,7 +1004,8 @@ exec {dockerd}
                 .arg(&procs)
                 .arg(self.dir.join(".sysfs-stash"));
         } else {
-            c.args(["sh", "-c", "echo $$ > \"$0\" && exec \"$@\""]).arg(&procs);
+            c.args(["sh", "-c", "echo $$ > \"$0\" && exec \"$@\""])
+                .arg(&procs);
         }
         c.arg(&spec.program)
             .args(&spec.args)
@@ -802,7 +1015,9 @@ exec {dockerd}
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        let child = c.spawn().unwrap_or_else(|e| panic!("{}: spawn plugin: {e}", self.name));
+        let child = c
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: spawn plugin: {e}", self.name));
         let pid = child.id();
         cleanup::record_spawn(&self.suffix, pid, &format!("plugin of {}", self.name));
         self.oncache = Some(child);
@@ -811,14 +1026,25 @@ exec {dockerd}
         let mut died: Option<ExitStatus> = None;
         let mut last_err = String::from("socket not there yet");
         let ok = try_wait_for(ONCACHE_START_TIMEOUT, || {
-            if let Some(st) = self.oncache.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(st) = self
+                .oncache
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 died = Some(st);
                 return Some(false);
             }
             if !sock.exists() {
                 return None;
             }
-            match request(&sock, "POST", "/Plugin.Activate", &[], b"", Duration::from_secs(5)) {
+            match request(
+                &sock,
+                "POST",
+                "/Plugin.Activate",
+                &[],
+                b"",
+                Duration::from_secs(5),
+            ) {
                 Ok(r) if r.status == 200 => Some(true),
                 Ok(r) => {
                     last_err = format!("status {} body {:?}", r.status, r.body_str());
@@ -854,7 +1080,10 @@ exec {dockerd}
 
     fn note_in_oncache_log(&self, what: &str) {
         use std::io::Write;
-        if let Ok(mut f) = fs::OpenOptions::new().append(true).open(self.oncache_log_path()) {
+        if let Ok(mut f) = fs::OpenOptions::new()
+            .append(true)
+            .open(self.oncache_log_path())
+        {
             let _ = writeln!(f, "==== lab: {what} ====");
         }
     }
@@ -866,7 +1095,9 @@ exec {dockerd}
         let st = terminate(&mut child, PROCESS_STOP_GRACE);
         self.note_in_oncache_log(&format!(
             "plugin stopped: {}",
-            st.as_ref().map(describe_status).unwrap_or_else(|| "not reaped".into())
+            st.as_ref()
+                .map(describe_status)
+                .unwrap_or_else(|| "not reaped".into())
         ));
         st
     }
@@ -898,7 +1129,10 @@ exec {dockerd}
     /// remove the cgroups. Never panics; returns what went wrong.
     fn shutdown(&mut self) -> Vec<String> {
         let mut errs = Vec::new();
-        let running = self.dockerd.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        let running = self
+            .dockerd
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
         if running {
             // Containers first, with SIGKILL (dockerd's shutdown would give each 10 s), while the
             // plugin still answers Leave / DeleteEndpoint.
@@ -918,18 +1152,44 @@ exec {dockerd}
         }
         if let Some(mut c) = self.dockerd.take() {
             if terminate(&mut c, DOCKERD_STOP_GRACE).is_none() {
-                errs.push(format!("{}: dockerd {} could not be reaped", self.name, c.id()));
+                errs.push(format!(
+                    "{}: dockerd {} could not be reaped",
+                    self.name,
+                    c.id()
+                ));
             }
         }
         if let Some(mut c) = self.oncache.take() {
             if terminate(&mut c, PROCESS_STOP_GRACE).is_none() {
-                errs.push(format!("{}: plugin {} could not be reaped", self.name, c.id()));
+                errs.push(format!(
+                    "{}: plugin {} could not be reaped",
+                    self.name,
+                    c.id()
+                ));
             }
         }
+        if let Some(mut c) = self.ns_holder.take() {
+            if terminate(&mut c, PROCESS_STOP_GRACE).is_none() {
+                errs.push(format!(
+                    "{}: namespace holder {} could not be reaped",
+                    self.name,
+                    c.id()
+                ));
+            }
+        }
+        // Managed plugins (cgroups outside the host's, see cleanup::plugin_ids).
+        errs.extend(
+            cleanup::kill_managed_plugins(&self.dir.join("data"), Some(&self.suffix))
+                .into_iter()
+                .map(|e| format!("{}: {e}", self.name)),
+        );
         // containerd after a killed dockerd, shims, container processes, background commands.
         let left = cleanup::kill_host_procs(&self.name, Duration::from_secs(15));
         if !left.is_empty() {
-            errs.push(format!("{}: processes survive SIGKILL: {left:?}", self.name));
+            errs.push(format!(
+                "{}: processes survive SIGKILL: {left:?}",
+                self.name
+            ));
         }
         let left = cleanup::remove_host_cgroups(&self.name, Duration::from_secs(10));
         if !left.is_empty() {
@@ -961,7 +1221,10 @@ rmdir "$stash" 2>/dev/null || true
 exec "$@""#;
 
 fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-=:,+@".contains(&b)) {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-=:,+@".contains(&b))
+    {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
@@ -987,14 +1250,20 @@ impl Bg {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
     /// Wait for the process to exit by itself; panics with its output after `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let c = self.child.as_mut().expect("already reaped");
         match try_wait_for(timeout, || c.try_wait().ok().flatten()) {
             Some(st) => st,
-            None => panic!("`{}` still running after {timeout:?}; output:\n{}", self.what, self.log()),
+            None => panic!(
+                "`{}` still running after {timeout:?}; output:\n{}",
+                self.what,
+                self.log()
+            ),
         }
     }
     /// SIGTERM, wait, SIGKILL; returns the exit status.

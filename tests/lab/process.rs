@@ -70,12 +70,26 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output, String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let mut child = cmd.spawn().map_err(|e| format!("cannot spawn `{shown}`: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot spawn `{shown}`: {e}"))?;
     let pid = child.id() as i32;
     let (tx, rx) = mpsc::channel::<(bool, Vec<u8>)>();
     for (is_out, pipe) in [
-        (true, child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
-        (false, child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
+        (
+            true,
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+        (
+            false,
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
     ] {
         let tx = tx.clone();
         let mut pipe = pipe.expect("piped");
@@ -101,13 +115,17 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output, String> {
                 libc::kill(-pid, libc::SIGKILL);
                 libc::kill(pid, libc::SIGKILL);
             }
-            break child.wait().map_err(|e| format!("waiting for `{shown}`: {e}"))?;
+            break child
+                .wait()
+                .map_err(|e| format!("waiting for `{shown}`: {e}"))?;
         }
-        thread::sleep(Duration::from_millis(if start.elapsed() < Duration::from_millis(200) {
-            2
-        } else {
-            20
-        }));
+        thread::sleep(Duration::from_millis(
+            if start.elapsed() < Duration::from_millis(200) {
+                2
+            } else {
+                20
+            },
+        ));
     };
     // Collect the pipes. A grandchild that left the process group may hold them open: give up
     // on it after a while rather than hang.
@@ -122,7 +140,11 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output, String> {
             Err(_) => break,
         }
     }
-    let out = Output { status, stdout, stderr };
+    let out = Output {
+        status,
+        stdout,
+        stderr,
+    };
     if timed_out {
         return Err(format!(
             "`{shown}` timed out after {timeout:?} (killed)\n{}",
@@ -205,4 +227,19 @@ pub fn tail_file(path: &std::path::Path, n: usize) -> String {
         }
         Err(e) => format!("(cannot read {}: {e})", path.display()),
     }
+}
+
+/// Direct children of a process (from /proc/PID/task/*/children).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut v = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in rd.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                v.extend(s.split_whitespace().filter_map(|x| x.parse::<u32>().ok()));
+            }
+        }
+    }
+    v.sort_unstable();
+    v.dedup();
+    v
 }

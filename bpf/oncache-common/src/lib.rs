@@ -1,1 +1,203 @@
+//! Map keys, values and constants shared by the oncache eBPF programs and user space.
+//!
+//! Layout rules: `#[repr(C)]`, explicit padding, no implicit holes (the kernel hashes keys byte
+//! by byte). IPv4 addresses are `[u8; 4]` in wire order, exactly as they sit in packets; VNIs
+//! and ports are host-order integers.
 #![no_std]
+
+/// The standard VXLAN UDP port.
+pub const VXLAN_PORT: u16 = 4789;
+/// What encapsulation adds in front of the inner frame: outer Ethernet 14 + IPv4 20 + UDP 8 +
+/// VXLAN 8. The inner Ethernet header (14) is carried, so the room inserted is 50 bytes.
+pub const ENCAP_LEN: u32 = 50;
+/// Outer IPv4 + UDP + VXLAN: how much larger than the inner frame the outer IP packet is.
+pub const OUTER_L3_OVERHEAD: u32 = 36;
+
+/// `skb->mark` bit the host firewall sets (mangle POSTROUTING, `ctstate ESTABLISHED`) on
+/// packets of oncache bridges: the packet passed the firewall and its flow was seen both ways.
+/// The learning programs learn only from packets carrying it; it never leaves the host.
+pub const ADMIT_MARK: u32 = 0x0010_0000;
+
+// Map names: one place for the names both sides use.
+pub const MAP_CONFIG: &str = "ONC_CONFIG";
+pub const MAP_ENDPOINTS: &str = "ONC_ENDPOINTS";
+pub const MAP_NETWORKS: &str = "ONC_NETWORKS";
+pub const MAP_EGRESS: &str = "ONC_EGRESS";
+pub const MAP_OUTER: &str = "ONC_OUTER";
+pub const MAP_INGRESS: &str = "ONC_INGRESS";
+pub const MAP_FILTER: &str = "ONC_FILTER";
+pub const MAP_STATS: &str = "ONC_STATS";
+pub const MAPS: [&str; 8] =
+    [MAP_CONFIG, MAP_ENDPOINTS, MAP_NETWORKS, MAP_EGRESS, MAP_OUTER, MAP_INGRESS, MAP_FILTER, MAP_STATS];
+
+// Program names (the functions' names in the object) and where each attaches.
+/// Host-side veth, tc ingress: packets leaving a container.
+pub const PROG_EGRESS_FAST: &str = "oncache_egress_fast";
+/// Underlay NIC, tc ingress: VXLAN packets arriving for local containers.
+pub const PROG_INGRESS_FAST: &str = "oncache_ingress_fast";
+/// Underlay NIC, tc egress: VXLAN packets the slow path built.
+pub const PROG_EGRESS_LEARN: &str = "oncache_egress_learn";
+/// Host-side veth, tc egress: packets the slow path delivers to a container.
+pub const PROG_INGRESS_LEARN: &str = "oncache_ingress_learn";
+
+pub const MAX_ENDPOINTS: u32 = 4096;
+pub const MAX_NETWORKS: u32 = 1024;
+pub const MAX_EGRESS: u32 = 65536;
+pub const MAX_OUTER: u32 = 4096;
+pub const MAX_INGRESS: u32 = 16384;
+/// LRU: the least recently used flows are evicted first when full.
+pub const MAX_FLOWS: u32 = 262144;
+
+/// ONC_CONFIG[0]: what the programs need to know about this host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub underlay_ifindex: u32,
+    pub underlay_mtu: u32,
+    pub underlay_ip: [u8; 4],
+    pub admit_mark: u32,
+}
+
+/// ONC_ENDPOINTS: host-side veth ifindex (u32) → the endpoint behind it. Written by the daemon
+/// at Join; the egress fast path forwards only packets with exactly this source IP and MAC.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointInfo {
+    pub vni: u32,
+    pub ip: [u8; 4],
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// ONC_NETWORKS: VNI (u32) → flags. Only VNIs present take part in the fast path.
+pub const NET_FASTPATH: u32 = 1;
+
+/// Key of ONC_EGRESS and ONC_INGRESS: a container address within one network.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VniIp {
+    pub vni: u32,
+    pub ip: [u8; 4],
+}
+
+/// ONC_EGRESS: (VNI, remote container IP) → where it lives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EgressEntry {
+    /// Remote host's underlay address (VTEP): the key of ONC_OUTER.
+    pub vtep: [u8; 4],
+    /// Remote container's MAC; a frame to another MAC misses.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// ONC_OUTER: remote VTEP ([u8; 4]) → the outer header the slow path built towards it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OuterHeader {
+    /// Outer Ethernet: destination MAC, source MAC, EtherType (0x0800).
+    pub eth: [u8; 14],
+    /// Outer TOS with the ECN bits cleared (ECN is copied from the inner packet, RFC 6040).
+    pub tos: u8,
+    pub ttl: u8,
+    /// Local underlay address the slow path used as source.
+    pub src: [u8; 4],
+    /// Interface the slow path sent it out of.
+    pub ifindex: u32,
+}
+
+/// ONC_INGRESS: (VNI, local container IP) → how to deliver to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IngressEntry {
+    /// Host-side veth; `bpf_redirect_peer` delivers into the container behind it.
+    pub ifindex: u32,
+    /// The container's MAC: the inner destination MAC must be this.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// ONC_FILTER key: one flow seen from the local container's side, so that both directions of
+/// a flow share one entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub vni: u32,
+    pub local_ip: [u8; 4],
+    pub remote_ip: [u8; 4],
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// IPPROTO_TCP (6) or IPPROTO_UDP (17).
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// ONC_FILTER value bits: which directions the slow path admitted on this host.
+pub const FLOW_EGRESS: u32 = 1;
+pub const FLOW_INGRESS: u32 = 2;
+pub const FLOW_BOTH: u32 = FLOW_EGRESS | FLOW_INGRESS;
+
+/// ONC_STATS: a per-CPU u64 array indexed by [`stat_index`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    EgressFast = 0,
+    IngressFast = 1,
+    EgressLearn = 2,
+    IngressLearn = 3,
+}
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Forwarded on the fast path.
+    Hit = 0,
+    /// A candidate packet that went to the slow path (no entry, not admitted yet).
+    Miss = 1,
+    /// A cache or filter entry written (learning programs).
+    Learned = 2,
+    /// An entry removed by the data path (TCP FIN/RST).
+    Invalidated = 3,
+    /// Refused by a rule: spoofed source, oversize without GSO, MAC mismatch.
+    Rejected = 4,
+}
+
+pub const PROGRAMS: usize = 4;
+pub const COUNTERS: usize = 5;
+pub const STATS_LEN: u32 = (PROGRAMS * COUNTERS) as u32;
+
+#[inline(always)]
+pub const fn stat_index(p: Program, c: Counter) -> u32 {
+    p as u32 * COUNTERS as u32 + c as u32
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C), Copy, with explicit padding and no pointers.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for EndpointInfo {}
+    unsafe impl aya::Pod for VniIp {}
+    unsafe impl aya::Pod for EgressEntry {}
+    unsafe impl aya::Pod for OuterHeader {}
+    unsafe impl aya::Pod for IngressEntry {}
+    unsafe impl aya::Pod for FlowKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<Config>(), 16);
+        assert_eq!(size_of::<EndpointInfo>(), 16);
+        assert_eq!(size_of::<VniIp>(), 8);
+        assert_eq!(size_of::<EgressEntry>(), 12);
+        assert_eq!(size_of::<OuterHeader>(), 24);
+        assert_eq!(size_of::<IngressEntry>(), 12);
+        assert_eq!(size_of::<FlowKey>(), 20);
+        assert_eq!(stat_index(Program::IngressLearn, Counter::Rejected), STATS_LEN - 1);
+    }
+}

@@ -29,3 +29,15 @@ if ! have cargo; then
     for d in "$HOME/.cargo/bin" /usr/local/cargo/bin; do [ -x "$d/cargo" ] && export PATH="$d:$PATH"; done
 fi
 have cargo || { echo "oncache: cargo not found; install Rust with rustup first" >&2; exit 1; }
+
+# eBPF toolchain, for plugin/build.rs: it builds bpf/oncache-ebpf for bpfel-unknown-none with
+# `-Z build-std=core` (core from source: the rust-src component) on the stable toolchain, linked
+# by bpf-linker. 0.10.3 uses the Rust toolchain's own LLVM; newer releases need a system LLVM 23.
+if have rustup && ! rustup component list --installed 2>/dev/null | grep -qx 'rust-src'; then
+    echo "oncache: adding the rust-src component"
+    rustup component add rust-src
+fi
+if ! have bpf-linker && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/bpf-linker" ]; then
+    echo "oncache: installing bpf-linker 0.10.3"
+    cargo install bpf-linker@0.10.3 --locked
+fi

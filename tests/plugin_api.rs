@@ -52,7 +52,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         ("NetworkDriver.CreateNetwork", format!("{{\"NetworkID\": \"{}\", \"Options\": {{\"com.docker.network.generic\": {{\"oncache.vni\": [1]}}}}}}", "ab12"), 500, "oncache.vni"),
         ("NetworkDriver.CreateNetwork", "{}".into(), 500, "missing network ID"),
         ("NetworkDriver.CreateNetwork", "{\"NetworkID\": \"../../etc\"}".into(), 500, "invalid network ID"),
-        ("NetworkDriver.CreateNetwork", create_network(501, "10.230.0.0/16").to_string().replace(NET, "ab12"), 500, "overlaps subnet 10.230.0.0/24"),
+        ("NetworkDriver.CreateNetwork", json!({"NetworkID": "ab12", "IPv4Data": [{"Pool": "10.230.0.0/16"}]}).to_string(), 500, "overlaps subnet 10.230.0.0/24"),
         ("NetworkDriver.CreateNetwork", create_network(500, "10.231.0.0/24").to_string().replace(NET, "ab12"), 500, "VNI 500 is already used"),
         ("NetworkDriver.CreateNetwork", create_network(502, "10.232.0.0/33").to_string().replace(NET, "ab12"), 500, "invalid CIDR"),
         ("NetworkDriver.CreateEndpoint", json!({"NetworkID": "ab12", "EndpointID": EP}).to_string(), 500, "not an oncache network"),

@@ -9,6 +9,17 @@ pub const PEER_ADD: &str = "Oncache.PeerAdd";
 pub const PEER_REMOVE: &str = "Oncache.PeerRemove";
 pub const PEER_LIST: &str = "Oncache.PeerList";
 pub const STATUS: &str = "Oncache.Status";
+pub const STATS: &str = "Oncache.Stats";
+pub const CACHE_LIST: &str = "Oncache.CacheList";
+pub const CACHE_FLUSH: &str = "Oncache.CacheFlush";
+
+pub use crate::fastpath::maps::{CacheList, Stats};
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Flushed {
+    #[serde(rename = "Removed")]
+    pub removed: usize,
+}
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct PeerRequest {
@@ -36,6 +47,8 @@ pub struct Status {
     pub underlay: String,
     pub underlay_ip: String,
     pub underlay_mtu: u32,
+    /// "on", or "off: <why>".
+    pub fastpath: String,
     pub peers: Vec<IpAddr>,
     pub networks: Vec<NetworkStatus>,
 }

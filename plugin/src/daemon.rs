@@ -1,7 +1,9 @@
 //! `oncache daemon`: opens the store, brings the kernel in line with it, serves the socket.
 
+use crate::announce::{Announcement, Announcer};
 use crate::dataplane::Dataplane;
 use crate::driver::Driver;
+use crate::fastpath::{features, FastPath};
 use crate::server;
 use anyhow::{bail, Context, Result};
 use oncache_store::Store;
@@ -27,9 +29,34 @@ pub struct Config {
     /// A peer host's underlay address (repeatable); added to the stored peer set.
     #[arg(long = "peer", value_name = "ADDR")]
     pub peers: Vec<IpAddr>,
-    /// bpffs folder for the fast path's pinned programs and maps.
-    #[arg(long, default_value = "/sys/fs/bpf/oncache")]
+    /// bpffs folder for the fast path's pinned programs, maps and links.
+    #[arg(long, default_value = crate::DEFAULT_BPF_DIR)]
     pub bpf_dir: PathBuf,
+    /// UDP port on the underlay where hosts tell each other about containers joining and
+    /// leaving (0 turns announcements off).
+    #[arg(long, default_value_t = crate::announce::DEFAULT_PORT)]
+    pub announce_port: u16,
+}
+
+/// Starts the fast path, or says why it cannot run. A kernel without what it needs leaves the
+/// slow path serving; a program the verifier rejects is a bug and stops the daemon.
+fn start_fast_path(cfg: &Config, u: &crate::dataplane::Underlay) -> Result<std::result::Result<FastPath, String>> {
+    let missing = features::missing(&cfg.bpf_dir);
+    if !missing.is_empty() {
+        let why: Vec<String> = missing.iter().map(|c| format!("{} ({}; {})", c.name, c.detail, c.fix)).collect();
+        let why = format!("missing {}", why.join(", "));
+        log::warn!("fast path off, serving the slow path only: {why}");
+        return Ok(Err(why));
+    }
+    let conf = oncache_common::Config {
+        underlay_ifindex: u.index,
+        underlay_mtu: u.mtu,
+        underlay_ip: u.ip.octets(),
+        admit_mark: oncache_common::ADMIT_MARK,
+    };
+    let fp = FastPath::start(&cfg.bpf_dir, conf, &u.name)?;
+    log::info!("fast path on: programs and maps pinned in {}", cfg.bpf_dir.display());
+    Ok(Ok(fp))
 }
 
 pub async fn run(cfg: Config) -> Result<()> {
@@ -39,14 +66,17 @@ pub async fn run(cfg: Config) -> Result<()> {
         format!("opening the state in {} (is another oncache daemon using it?)", cfg.state_dir.display())
     })?;
     let dp = Dataplane::new(cfg.underlay.as_deref()).await?;
-    log::info!(
-        "underlay {} ({}, MTU {}); fast path pins will live in {}",
-        dp.underlay.name,
-        dp.underlay.ip,
-        dp.underlay.mtu,
-        cfg.bpf_dir.display()
-    );
-    let driver = Driver::new(store, dp);
+    log::info!("underlay {} ({}, MTU {})", dp.underlay.name, dp.underlay.ip, dp.underlay.mtu);
+    let fast = start_fast_path(&cfg, &dp.underlay)?;
+    let announcer = match cfg.announce_port {
+        0 => None,
+        port => Some(Arc::new(
+            Announcer::bind(dp.underlay.ip, port)
+                .await
+                .with_context(|| format!("binding announcements to {}:{port}", dp.underlay.ip))?,
+        )),
+    };
+    let mut driver = Driver::new(store, dp, fast, announcer.clone());
     for p in &cfg.peers {
         driver.add_peer(*p).await.with_context(|| format!("--peer {p}"))?;
     }
@@ -56,6 +86,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     log::info!("serving the oncache network driver on {}", cfg.socket.display());
     notify_ready();
     let driver = Arc::new(tokio::sync::Mutex::new(driver));
+    if let Some(a) = announcer {
+        tokio::spawn(listen_announcements(a, driver.clone()));
+    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let stop = async move {
@@ -104,5 +137,27 @@ fn notify_ready() {
     });
     if let Err(e) = sent {
         log::warn!("notifying systemd: {e}");
+    }
+}
+
+/// Applies peers' announcements as they arrive; bad datagrams are logged and dropped.
+async fn listen_announcements(announcer: Arc<Announcer>, driver: server::Shared) {
+    loop {
+        let (from, bytes) = match announcer.recv().await {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("announcements: {e}");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        match Announcement::decode(&bytes) {
+            Ok(a) => {
+                if let Err(e) = driver.lock().await.apply_announcement(from, &a).await {
+                    log::warn!("announcement from {from}: {e:#}");
+                }
+            }
+            Err(e) => log::warn!("announcement from {from}: {e}"),
+        }
     }
 }

@@ -3,18 +3,32 @@
 //! operation is idempotent: dockerd repeats calls after restarts and expects success for
 //! things that are already done or already gone.
 
+use crate::announce::{Announcement, Announcer, Event};
 use crate::cidr::Cidr;
 use crate::control::{NetworkStatus, Status};
 use crate::dataplane::{Dataplane, NetSpec};
+use crate::fastpath::{self, FastPath};
 use crate::{naming, options};
 use anyhow::{anyhow, bail, Context, Result};
 use libnetwork_api::driver as api;
 use oncache_store::{Endpoint, Network, Store};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 pub struct Driver {
     store: Store,
     dp: Dataplane,
+    /// None when the kernel lacks something the fast path needs; `fast_off` says what.
+    fast: Option<FastPath>,
+    fast_off: String,
+    announcer: Option<std::sync::Arc<Announcer>>,
+}
+
+/// An endpoint's IPv4 address, if it has one (the fast path is IPv4).
+fn ipv4_of(ep: &Endpoint) -> Option<Ipv4Addr> {
+    match Cidr::parse(ep.ipv4.as_deref()?).ok()?.addr {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
+    }
 }
 
 fn spec(n: &Network) -> NetSpec {
@@ -29,8 +43,54 @@ fn pools(data: &[api::IpamData]) -> Result<Vec<String>> {
 }
 
 impl Driver {
-    pub fn new(store: Store, dp: Dataplane) -> Driver {
-        Driver { store, dp }
+    pub fn new(store: Store, dp: Dataplane, fast: Result<FastPath, String>, announcer: Option<std::sync::Arc<Announcer>>) -> Driver {
+        let (fast, fast_off) = match fast {
+            Ok(f) => (Some(f), String::new()),
+            Err(why) => (None, why),
+        };
+        Driver { store, dp, fast, fast_off, announcer }
+    }
+
+    fn fast(&mut self) -> Result<&mut FastPath> {
+        let why = &self.fast_off;
+        self.fast.as_mut().ok_or_else(|| anyhow!("the fast path is not running on this host: {why}"))
+    }
+
+    /// Makes the fast path's network set match the stored networks that want it.
+    fn sync_fast_networks(&mut self) -> Result<()> {
+        let vnis: Vec<u32> = self.store.networks()?.iter().filter(|n| n.fastpath).map(|n| n.vni).collect();
+        if let Some(f) = self.fast.as_mut() {
+            f.maps.set_networks(&vnis)?;
+        }
+        Ok(())
+    }
+
+    async fn announce(&self, event: Event, vni: u32, ep: &Endpoint) {
+        let (Some(a), Some(ip)) = (&self.announcer, ipv4_of(ep)) else { return };
+        let peers = self.store.peers().unwrap_or_default();
+        a.send(&peers, &Announcement { event, vni, ip, mac: ep.mac.clone() }).await;
+    }
+
+    /// Forgets where an address of network `vni` was learned to live: VXLAN forwarding entries
+    /// for its MAC (those `stale` selects) and the fast path's egress entry and flows.
+    async fn forget_remote(&mut self, vni: u32, ip: Ipv4Addr, mac: [u8; 6], stale: impl Fn(IpAddr) -> bool) -> Result<()> {
+        self.dp.forget_mac(vni, mac, stale).await?;
+        if let Some(f) = self.fast.as_mut() {
+            f.maps.forget_remote(vni, ip.octets())?;
+        }
+        Ok(())
+    }
+
+    /// Takes an endpoint off the data plane: fast path first (while its veth still has an
+    /// ifindex), then the veth.
+    async fn unplug(&mut self, endpoint_id: &str, ep: Option<&Endpoint>, vni: Option<u32>) -> Result<()> {
+        let veth = naming::veth_host(endpoint_id);
+        if let Some(f) = self.fast.as_mut() {
+            let ifindex = self.dp.link_index(&veth).await?;
+            let ip = ep.and_then(ipv4_of).map(|a| a.octets());
+            f.detach_endpoint(&veth, ifindex, vni.unwrap_or(0), ip)?;
+        }
+        self.dp.remove_veth(endpoint_id).await
     }
 
     fn network(&self, id: &str) -> Result<Network> {
@@ -50,7 +110,7 @@ impl Driver {
         }
     }
 
-    pub async fn create_network(&self, req: &api::CreateNetworkRequest) -> Result<()> {
+    pub async fn create_network(&mut self, req: &api::CreateNetworkRequest) -> Result<()> {
         naming::check_id("network", &req.network_id).map_err(|e| anyhow!(e))?;
         let given = req.generic_options().map_err(|e| anyhow!(e))?;
         let opts = options::parse(&given).map_err(|e| anyhow!(e))?;
@@ -70,11 +130,17 @@ impl Driver {
         }
         for p in ipv4_pools.iter().chain(&ipv6_pools) {
             let c = Cidr::parse(p).map_err(|e| anyhow!(e))?;
-            for o in &others {
+            // Overlapping subnets are separate segments only when both sides chose their VNI:
+            // then the operator deliberately keeps them apart (tenants, test networks).
+            for o in others.iter().filter(|o| opts.vni.is_none() || !o.options.contains_key(options::VNI)) {
                 if let Some(q) = o.ipv4_pools.iter().chain(&o.ipv6_pools).find(|q| {
                     Cidr::parse(q).map(|q| q.overlaps(&c)).unwrap_or(false)
                 }) {
-                    bail!("subnet {p} overlaps subnet {q} of oncache network {}", o.id);
+                    bail!(
+                        "subnet {p} overlaps subnet {q} of oncache network {} (networks given explicit, different {} values may overlap)",
+                        o.id,
+                        options::VNI
+                    );
                 }
             }
         }
@@ -84,7 +150,15 @@ impl Driver {
             None => options::allocate_vni(&used).ok_or_else(|| anyhow!("no free VNI left"))?,
         };
         let mtu = options::mtu(opts.mtu, self.dp.underlay.mtu).map_err(|e| anyhow!(e))?;
-        let n = Network { id: req.network_id.clone(), vni, mtu, ipv4_pools, ipv6_pools, options: given };
+        let n = Network {
+            id: req.network_id.clone(),
+            vni,
+            mtu,
+            ipv4_pools,
+            ipv6_pools,
+            fastpath: opts.fastpath,
+            options: given,
+        };
         self.store.put_network(&n)?;
         if let Err(e) = self.dp.ensure_network(spec(&n), &self.store.peers()?).await {
             // Leave neither a record nor half-made links behind a failed create.
@@ -92,16 +166,20 @@ impl Driver {
             self.store.delete_network(&n.id)?;
             return Err(e);
         }
-        log::info!("network {} created: VNI {vni}, MTU {mtu}", n.id);
+        self.sync_fast_networks()?;
+        log::info!("network {} created: VNI {vni}, MTU {mtu}, fast path {}", n.id, if n.fastpath { "on" } else { "off" });
         Ok(())
     }
 
-    pub async fn delete_network(&self, id: &str) -> Result<()> {
+    pub async fn delete_network(&mut self, id: &str) -> Result<()> {
         let Some(n) = self.store.network(id)? else {
             return Ok(());
         };
         for ep in self.store.endpoints_of(id)? {
-            self.dp.remove_veth(&ep.id).await?;
+            self.unplug(&ep.id, Some(&ep), Some(n.vni)).await?;
+        }
+        if let Some(f) = self.fast.as_mut() {
+            f.maps.remove_network(n.vni)?;
         }
         self.dp.remove_network(n.vni).await?;
         self.store.delete_network(id)?;
@@ -162,19 +240,25 @@ impl Driver {
             value.insert("ipv4".into(), a.clone().into());
         }
         value.insert("veth".into(), naming::veth_host(&ep.id).into());
-        value.insert("attached".into(), self.dp.veth_present(&ep.id).await?.into());
+        value.insert("attached".into(), self.dp.link_index(&naming::veth_host(&ep.id)).await?.is_some().into());
         Ok(api::EndpointOperInfoResponse { value })
     }
 
-    pub async fn delete_endpoint(&self, id: &str) -> Result<()> {
-        self.dp.remove_veth(id).await?;
-        if self.store.delete_endpoint(id)?.is_some() {
+    pub async fn delete_endpoint(&mut self, id: &str) -> Result<()> {
+        let ep = self.store.endpoint(id)?;
+        let vni = match &ep {
+            Some(e) => self.store.network(&e.network_id)?.map(|n| n.vni),
+            None => None,
+        };
+        self.unplug(id, ep.as_ref(), vni).await?;
+        if let (Some(ep), Some(vni)) = (self.store.delete_endpoint(id)?, vni) {
+            self.announce(Event::Leave, vni, &ep).await;
             log::info!("endpoint {id} deleted");
         }
         Ok(())
     }
 
-    pub async fn join(&self, req: &api::JoinRequest) -> Result<api::JoinResponse> {
+    pub async fn join(&mut self, req: &api::JoinRequest) -> Result<api::JoinResponse> {
         let mut ep = self
             .store
             .endpoint(&req.endpoint_id)?
@@ -188,6 +272,14 @@ impl Driver {
             let _ = self.dp.remove_veth(&ep.id).await;
             return Err(e.into());
         }
+        if let Some(ip) = ipv4_of(&ep) {
+            // The address lives here now: whatever was learned about it elsewhere is stale.
+            self.forget_remote(n.vni, ip, mac, |_| true).await?;
+        }
+        if let Err(e) = self.plug_fast(&ep, &n).await {
+            log::warn!("endpoint {}: fast path not attached, slow path only: {e:#}", ep.id);
+        }
+        self.announce(Event::Join, n.vni, &ep).await;
         log::info!("endpoint {} joined {} via {src}", ep.id, req.sandbox_key);
         // No gateway: Docker connects the container to docker_gwbridge for outside traffic.
         Ok(api::JoinResponse {
@@ -196,18 +288,39 @@ impl Driver {
         })
     }
 
-    pub async fn leave(&self, req: &api::LeaveRequest) -> Result<()> {
-        self.dp.remove_veth(&req.endpoint_id).await?;
-        if let Some(mut ep) = self.store.endpoint(&req.endpoint_id)? {
-            ep.sandbox = None;
-            self.store.put_endpoint(&ep)?;
-            log::info!("endpoint {} left", ep.id);
+    /// Puts a joined endpoint on the fast path, if its network and address allow it.
+    async fn plug_fast(&mut self, ep: &Endpoint, n: &Network) -> Result<()> {
+        let (Some(ip), true, true) = (ipv4_of(ep), n.fastpath, self.fast.is_some()) else {
+            return Ok(());
+        };
+        let veth = naming::veth_host(&ep.id);
+        let ifindex = self.dp.link_index(&veth).await?.ok_or_else(|| anyhow!("{veth} is missing"))?;
+        let mac = naming::parse_mac(&ep.mac).map_err(|e| anyhow!(e))?;
+        let info = oncache_common::EndpointInfo { vni: n.vni, ip: ip.octets(), mac, _pad: [0; 2] };
+        self.fast()?.attach_endpoint(&veth, ifindex, info)
+    }
+
+    pub async fn leave(&mut self, req: &api::LeaveRequest) -> Result<()> {
+        let ep = self.store.endpoint(&req.endpoint_id)?;
+        let n = match &ep {
+            Some(e) => self.store.network(&e.network_id)?,
+            None => None,
+        };
+        self.unplug(&req.endpoint_id, ep.as_ref(), n.as_ref().map(|n| n.vni)).await?;
+        if let Some(mut ep) = ep {
+            if ep.sandbox.take().is_some() {
+                self.store.put_endpoint(&ep)?;
+                if let Some(n) = &n {
+                    self.announce(Event::Leave, n.vni, &ep).await;
+                }
+                log::info!("endpoint {} left", ep.id);
+            }
         }
         Ok(())
     }
 
     /// Swarm announces peer hosts to global-scope drivers; they feed the same peer set.
-    pub async fn discover(&self, req: &api::DiscoveryNotification, new: bool) -> Result<()> {
+    pub async fn discover(&mut self, req: &api::DiscoveryNotification, new: bool) -> Result<()> {
         let Some(node) = req.node() else {
             return Ok(());
         };
@@ -223,7 +336,7 @@ impl Driver {
         }
     }
 
-    pub async fn add_peer(&self, ip: IpAddr) -> Result<()> {
+    pub async fn add_peer(&mut self, ip: IpAddr) -> Result<()> {
         if ip == IpAddr::V4(self.dp.underlay.ip) {
             bail!("{ip} is this host's own underlay address, not a peer");
         }
@@ -236,11 +349,46 @@ impl Driver {
         self.dp.sync_peers(&self.vnis()?, &self.store.peers()?).await
     }
 
-    pub async fn remove_peer(&self, ip: IpAddr) -> Result<()> {
+    pub async fn remove_peer(&mut self, ip: IpAddr) -> Result<()> {
         if self.store.remove_peer(ip)? {
             log::info!("peer {ip} removed");
         }
+        if let (Some(f), IpAddr::V4(v4)) = (self.fast.as_mut(), ip) {
+            f.maps.forget_peer(v4.octets())?;
+        }
         self.dp.sync_peers(&self.vnis()?, &self.store.peers()?).await
+    }
+
+    /// A peer announced that an address joined or left it (see [`crate::announce`]).
+    pub async fn apply_announcement(&mut self, from: IpAddr, a: &Announcement) -> Result<()> {
+        if !self.store.peers()?.contains(&from) {
+            log::debug!("ignoring announcement from {from}, not a peer");
+            return Ok(());
+        }
+        if !self.store.networks()?.iter().any(|n| n.vni == a.vni) {
+            return Ok(());
+        }
+        let mac = naming::parse_mac(&a.mac).map_err(|e| anyhow!(e))?;
+        log::debug!("{from} announced {:?} of {} ({}) in VNI {}", a.event, a.ip, a.mac, a.vni);
+        match a.event {
+            // It lives at `from` now: entries pointing elsewhere are stale.
+            Event::Join => self.forget_remote(a.vni, a.ip, mac, |dst| dst != from).await,
+            Event::Leave => self.forget_remote(a.vni, a.ip, mac, |dst| dst == from).await,
+        }
+    }
+
+    pub fn fast_stats(&mut self) -> Result<fastpath::maps::Stats> {
+        self.fast()?.maps.stats()
+    }
+
+    pub fn cache_list(&mut self) -> Result<fastpath::maps::CacheList> {
+        self.fast()?.maps.list()
+    }
+
+    pub fn cache_flush(&mut self) -> Result<usize> {
+        let n = self.fast()?.maps.flush()?;
+        log::info!("fast-path caches flushed: {n} entries");
+        Ok(n)
     }
 
     pub fn peers(&self) -> Result<Vec<IpAddr>> {
@@ -265,6 +413,7 @@ impl Driver {
             underlay: self.dp.underlay.name.clone(),
             underlay_ip: self.dp.underlay.ip.to_string(),
             underlay_mtu: self.dp.underlay.mtu,
+            fastpath: if self.fast.is_some() { "on".into() } else { format!("off: {}", self.fast_off) },
             peers: self.store.peers()?,
             networks,
         })
@@ -272,7 +421,7 @@ impl Driver {
 
     /// Brings the kernel in line with the store after a start: recreate what stored networks
     /// need, re-attach surviving veths, remove oncache links nothing owns.
-    pub async fn reconcile(&self) -> Result<()> {
+    pub async fn reconcile(&mut self) -> Result<()> {
         let peers = self.store.peers()?;
         let networks = self.store.networks()?;
         for n in &networks {
@@ -287,6 +436,9 @@ impl Driver {
         let vnis: Vec<u32> = networks.iter().map(|n| n.vni).collect();
         let tags: Vec<&str> = endpoints.iter().map(|e| naming::ep_tag(&e.id)).collect();
         let removed = self.dp.remove_orphans(&vnis, &tags).await?;
+        if self.fast.is_some() {
+            self.reconcile_fast(&networks, &endpoints).await?;
+        }
         log::info!(
             "reconciled {} networks, {} endpoints, {} peers; removed orphans: {:?}",
             networks.len(),
@@ -294,6 +446,33 @@ impl Driver {
             peers.len(),
             removed
         );
+        Ok(())
+    }
+}
+
+impl Driver {
+    /// Re-attaches the (possibly new) programs to every live endpoint, and drops fast-path
+    /// state for endpoints and links that are gone.
+    async fn reconcile_fast(&mut self, networks: &[Network], endpoints: &[Endpoint]) -> Result<()> {
+        self.sync_fast_networks()?;
+        let mut live = Vec::new();
+        let mut veths = Vec::new();
+        for ep in endpoints.iter().filter(|e| e.sandbox.is_some()) {
+            let Some(n) = networks.iter().find(|n| n.id == ep.network_id) else { continue };
+            let veth = naming::veth_host(&ep.id);
+            let Some(ifindex) = self.dp.link_index(&veth).await? else { continue };
+            if let Err(e) = self.plug_fast(ep, n).await {
+                log::warn!("endpoint {}: fast path not re-attached: {e:#}", ep.id);
+                continue;
+            }
+            live.push(ifindex);
+            veths.push(veth);
+        }
+        let underlay = self.dp.underlay.name.clone();
+        let f = self.fast()?;
+        let stale = f.maps.retain_endpoints(&live)?;
+        let links = f.prune_links(&veths, &underlay)?;
+        log::info!("fast path: {} endpoints attached, {stale} stale endpoints and links {links:?} removed", live.len());
         Ok(())
     }
 }

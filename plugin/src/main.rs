@@ -1,11 +1,13 @@
 //! `oncache`: the daemon that serves the Docker network driver, and the operator's CLI.
 
+mod announce;
 mod cidr;
 mod client;
 mod control;
 mod daemon;
 mod dataplane;
 mod driver;
+mod fastpath;
 mod naming;
 mod options;
 mod server;
@@ -15,6 +17,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/oncache.sock";
+pub const DEFAULT_BPF_DIR: &str = "/sys/fs/bpf/oncache";
 
 /// oncache: a VXLAN container overlay for Docker and containerd, with an eBPF fast path.
 ///
@@ -39,9 +42,34 @@ enum Command {
         #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
-    /// Remove oncache's data plane from this host: every oncache link and the firewall chain.
-    /// Stop the daemon first; its stored state is kept (delete --state-dir to forget it).
-    Uninstall,
+    /// Remove oncache's data plane from this host: pinned eBPF programs, maps and links, every
+    /// oncache link and the firewall chains. Stop the daemon first; its stored state is kept
+    /// (delete --state-dir to forget it).
+    Uninstall {
+        #[arg(long, default_value = DEFAULT_BPF_DIR)]
+        bpf_dir: PathBuf,
+    },
+    /// Fast-path counters per program: hits, misses, learned, invalidated, rejected.
+    Stats {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Inspect or flush the fast path's caches.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+        #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Check what the fast path needs from this kernel and host, with what to do when missing.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_BPF_DIR)]
+        bpf_dir: PathBuf,
+    },
     /// Show the daemon's networks, endpoints, peers and underlay.
     Status {
         /// Print JSON instead of text.
@@ -51,6 +79,18 @@ enum Command {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// Show the egress, outer-header, ingress and flow (filter) entries.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop everything learned, so that every flow is judged by the slow path and the host
+    /// firewall again. Run it after changing firewall rules.
+    Flush,
 }
 
 #[derive(Subcommand)]
@@ -72,7 +112,10 @@ fn main() {
             Command::Daemon(cfg) => daemon::run(cfg).await,
             Command::Peer { action, socket } => peer(action, &socket).await,
             Command::Status { json, socket } => status(json, &socket).await,
-            Command::Uninstall => dataplane::uninstall().await,
+            Command::Uninstall { bpf_dir } => uninstall(&bpf_dir).await,
+            Command::Stats { json, socket } => stats(json, &socket).await,
+            Command::Cache { action, socket } => cache(action, &socket).await,
+            Command::Doctor { json, bpf_dir } => doctor(json, &bpf_dir),
         }
     });
     if let Err(e) = res {
@@ -126,6 +169,87 @@ async fn status(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
                 e.mac
             );
         }
+    }
+    Ok(())
+}
+
+async fn uninstall(bpf_dir: &std::path::Path) -> anyhow::Result<()> {
+    let pins = fastpath::uninstall(bpf_dir)?;
+    println!("removed {pins} pinned eBPF objects from {}", bpf_dir.display());
+    dataplane::uninstall().await
+}
+
+async fn stats(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
+    let s: control::Stats = client::call(socket, control::STATS, &()).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!("{:<14} {:>12} {:>12} {:>12} {:>12} {:>12}", "program", "hits", "misses", "learned", "invalidated", "rejected");
+    for (name, c) in [
+        ("egress_fast", s.egress_fast),
+        ("ingress_fast", s.ingress_fast),
+        ("egress_learn", s.egress_learn),
+        ("ingress_learn", s.ingress_learn),
+    ] {
+        println!("{name:<14} {:>12} {:>12} {:>12} {:>12} {:>12}", c.hits, c.misses, c.learned, c.invalidated, c.rejected);
+    }
+    Ok(())
+}
+
+async fn cache(action: CacheAction, socket: &std::path::Path) -> anyhow::Result<()> {
+    match action {
+        CacheAction::Flush => {
+            let f: control::Flushed = client::call(socket, control::CACHE_FLUSH, &()).await?;
+            println!("flushed {} entries", f.removed);
+        }
+        CacheAction::List { json } => {
+            let l: control::CacheList = client::call(socket, control::CACHE_LIST, &()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&l)?);
+                return Ok(());
+            }
+            println!("egress (VNI, remote container -> host):");
+            for e in &l.egress {
+                println!("  {:>8} {:<15} -> {:<15} mac {}", e.vni, e.ip, e.vtep, e.mac);
+            }
+            println!("outer headers (host -> header):");
+            for o in &l.outer {
+                println!("  {:<15} src {} {} -> {} ttl {} tos {} ifindex {}", o.vtep, o.src, o.src_mac, o.dst_mac, o.ttl, o.tos, o.ifindex);
+            }
+            println!("ingress (VNI, local container -> veth):");
+            for i in &l.ingress {
+                println!("  {:>8} {:<15} -> ifindex {} mac {}", i.vni, i.ip, i.ifindex, i.mac);
+            }
+            println!("flows (VNI, proto, local <-> remote: admitted directions):");
+            for f in &l.filter {
+                let dirs = match (f.egress, f.ingress) {
+                    (true, true) => "both",
+                    (true, false) => "egress",
+                    (false, true) => "ingress",
+                    _ => "none",
+                };
+                println!("  {:>8} {} {} <-> {}: {dirs}", f.vni, f.proto, f.local, f.remote);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn doctor(json: bool, bpf_dir: &std::path::Path) -> anyhow::Result<()> {
+    let checks = fastpath::features::checks(bpf_dir);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        for c in &checks {
+            println!("{} {:<14} {}", if c.ok { "ok     " } else { "MISSING" }, c.name, c.detail);
+            if !c.ok {
+                println!("        {:<14} fix: {}", "", c.fix);
+            }
+        }
+    }
+    if checks.iter().any(|c| !c.ok) {
+        anyhow::bail!("the fast path cannot run here; the slow path still works");
     }
     Ok(())
 }

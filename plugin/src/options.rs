@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 pub const VNI: &str = "oncache.vni";
 /// Docker's standard MTU option, honoured as its bridge driver does.
 pub const MTU: &str = "com.docker.network.driver.mtu";
-const KNOWN: &[&str] = &[VNI, MTU];
+/// `false` keeps the network on the slow path only (for comparison and troubleshooting).
+pub const FASTPATH: &str = "oncache.fastpath";
+const KNOWN: &[&str] = &[VNI, MTU, FASTPATH];
 
 /// Bytes VXLAN adds over IPv4: outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -15,10 +17,17 @@ pub const VNI_MAX: u32 = (1 << 24) - 1;
 pub const VNI_AUTO_FIRST: u32 = 4096;
 const MTU_MIN: u32 = 1280;
 
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct NetworkOptions {
     pub vni: Option<u32>,
     pub mtu: Option<u32>,
+    pub fastpath: bool,
+}
+
+impl Default for NetworkOptions {
+    fn default() -> Self {
+        NetworkOptions { vni: None, mtu: None, fastpath: true }
+    }
 }
 
 pub fn parse(opts: &BTreeMap<String, String>) -> Result<NetworkOptions, String> {
@@ -38,6 +47,13 @@ pub fn parse(opts: &BTreeMap<String, String>) -> Result<NetworkOptions, String> 
                     return Err(format!("option {MTU}={n}: must be at least {MTU_MIN}"));
                 }
                 out.mtu = Some(n);
+            }
+            FASTPATH => {
+                out.fastpath = match v.trim() {
+                    "true" | "1" | "yes" | "on" => true,
+                    "false" | "0" | "no" | "off" => false,
+                    _ => return Err(format!("option {FASTPATH}={v:?}: expected true or false")),
+                };
             }
             _ => {
                 return Err(format!("unknown option {k:?} (oncache accepts: {})", KNOWN.join(", ")));
@@ -76,7 +92,8 @@ mod tests {
     #[test]
     fn known_options_parse() {
         let o = parse(&opts(&[(VNI, "42"), (MTU, "1400")])).unwrap();
-        assert_eq!(o, NetworkOptions { vni: Some(42), mtu: Some(1400) });
+        assert_eq!(o, NetworkOptions { vni: Some(42), mtu: Some(1400), fastpath: true });
+        assert!(!parse(&opts(&[(FASTPATH, "false")])).unwrap().fastpath);
         assert_eq!(parse(&opts(&[])).unwrap(), NetworkOptions::default());
     }
 
@@ -88,6 +105,7 @@ mod tests {
         assert!(parse(&opts(&[(VNI, "16777216")])).is_err());
         assert!(parse(&opts(&[(VNI, "abc")])).unwrap_err().contains("not a number"));
         assert!(parse(&opts(&[(MTU, "500")])).unwrap_err().contains("at least 1280"));
+        assert!(parse(&opts(&[(FASTPATH, "maybe")])).unwrap_err().contains("expected true or false"));
     }
 
     #[test]

@@ -57,7 +57,7 @@ fn req<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Fault
 
 /// Runs one call. `method` is the path without its leading slash.
 async fn dispatch(driver: &Shared, method: &str, body: &[u8]) -> Answer {
-    let d = driver.lock().await;
+    let mut d = driver.lock().await;
     let failed = Fault::failed;
     match method {
         "Plugin.Activate" => json(activate::ActivateResponse { implements: vec![NETWORK_DRIVER.into()] }),
@@ -110,6 +110,9 @@ async fn dispatch(driver: &Shared, method: &str, body: &[u8]) -> Answer {
         }
         control::PEER_LIST => json(control::PeerList { peers: d.peers().map_err(failed)? }),
         control::STATUS => json(d.status().map_err(failed)?),
+        control::STATS => json(d.fast_stats().map_err(failed)?),
+        control::CACHE_LIST => json(d.cache_list().map_err(failed)?),
+        control::CACHE_FLUSH => json(control::Flushed { removed: d.cache_flush().map_err(failed)? }),
         _ => Err(Fault { status: StatusCode::NOT_FOUND, msg: format!("unknown method {method:?}") }),
     }
 }

@@ -17,6 +17,9 @@ pub struct Network {
     pub ipv4_pools: Vec<String>,
     #[serde(default)]
     pub ipv6_pools: Vec<String>,
+    /// Whether the eBPF fast path serves this network (`-o oncache.fastpath`).
+    #[serde(default = "yes")]
+    pub fastpath: bool,
     /// The user's `-o` options as given, kept for inspection.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
@@ -38,4 +41,8 @@ pub struct Endpoint {
     /// Set between Join and Leave: the sandbox (network namespace path) it joined.
     #[serde(default)]
     pub sandbox: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }

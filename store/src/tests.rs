@@ -7,6 +7,7 @@ fn net(id: &str, vni: u32) -> Network {
         mtu: 1450,
         ipv4_pools: vec!["10.1.0.0/24".into()],
         ipv6_pools: vec![],
+        fastpath: true,
         options: Default::default(),
     }
 }
@@ -109,4 +110,10 @@ fn second_owner_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _s = Store::open(dir.path()).unwrap();
     assert!(Store::open(dir.path()).is_err(), "sled must lock the folder for one owner");
+}
+
+#[test]
+fn records_from_before_the_fastpath_field_default_to_on() {
+    let n: Network = serde_json::from_str(r#"{"id":"n","vni":5,"mtu":1450}"#).unwrap();
+    assert!(n.fastpath);
 }

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod traffic;
+
 use crate::lab::{self, Host};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -103,4 +105,21 @@ pub fn post_oversized(sock: &std::path::Path, method: &str, len: usize) -> (u16,
     let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     (code, serde_json::from_str(body).unwrap_or_else(|_| panic!("oversized POST: unexpected answer {text:?}")))
+}
+
+/// The daemon's fast-path counters.
+pub fn stats(h: &Host) -> Value {
+    let (code, v) = call(h, "Oncache.Stats", json!({}));
+    assert_eq!(code, 200, "stats: {v}");
+    v
+}
+
+pub fn counter(v: &Value, program: &str, counter: &str) -> u64 {
+    v[program][counter].as_u64().unwrap_or_else(|| panic!("no {program}.{counter} in {v}"))
+}
+
+pub fn cache(h: &Host) -> Value {
+    let (code, v) = call(h, "Oncache.CacheList", json!({}));
+    assert_eq!(code, 200, "cache list: {v}");
+    v
 }

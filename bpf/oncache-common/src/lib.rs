@@ -162,6 +162,10 @@ pub enum Counter {
     Rejected = 4,
 }
 
+/// In [`Counter`] order.
+pub const ALL_COUNTERS: [Counter; COUNTERS] =
+    [Counter::Hit, Counter::Miss, Counter::Learned, Counter::Invalidated, Counter::Rejected];
+
 pub const PROGRAMS: usize = 4;
 pub const COUNTERS: usize = 5;
 pub const STATS_LEN: u32 = (PROGRAMS * COUNTERS) as u32;

@@ -192,8 +192,21 @@ impl Dataplane {
         Ok(true)
     }
 
-    /// Host-side veth name and whether it exists, for EndpointOperInfo.
-    pub async fn veth_present(&self, endpoint_id: &str) -> Result<bool> {
-        Ok(self.nl.link(&naming::veth_host(endpoint_id)).await?.is_some())
+    pub async fn link_index(&self, name: &str) -> Result<Option<u32>> {
+        Ok(self.nl.link(name).await?.map(|l| l.index))
+    }
+
+    /// Deletes the VXLAN forwarding entries for `mac` in network `vni` whose VTEP `stale`
+    /// selects (learned or static alike).
+    pub async fn forget_mac(&self, vni: u32, mac: [u8; 6], stale: impl Fn(IpAddr) -> bool) -> Result<()> {
+        let Some(vx) = self.nl.link(&naming::vxlan(vni)).await? else { return Ok(()) };
+        for e in self.nl.fdb(vx.index).await? {
+            if let (true, Some(dst)) = (e.mac == mac, e.dst) {
+                if stale(dst) {
+                    self.nl.fdb_del(vx.index, mac, dst).await?;
+                }
+            }
+        }
+        Ok(())
     }
 }

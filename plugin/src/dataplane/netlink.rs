@@ -89,7 +89,9 @@ impl Netlink {
 
     pub async fn add_bridge(&self, name: &str, mtu: u32) -> Result<()> {
         // Forward delay 0: ports must forward as soon as a container's veth is attached.
-        let msg = LinkBridge::new(name).forward_delay(0).mtu(mtu).up().build();
+        // nf_call_iptables: bridged traffic crosses the host firewall and conntrack, which
+        // judge the slow path and admit flows to the fast path, whatever the global sysctl.
+        let msg = LinkBridge::new(name).forward_delay(0).nf_call_iptables(true).mtu(mtu).up().build();
         self.handle.link().add(msg).execute().await.with_context(|| format!("creating bridge {name}"))
     }
 

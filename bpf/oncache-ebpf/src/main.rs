@@ -1,0 +1,458 @@
+//! The ONCache fast path: four tc classifiers sharing the maps defined here.
+//!
+//! | program                | hook                     | job                                  |
+//! |------------------------|--------------------------|--------------------------------------|
+//! | `oncache_egress_fast`  | host-side veth, ingress  | encapsulate and redirect to the NIC  |
+//! | `oncache_ingress_fast` | underlay NIC, ingress    | decapsulate and redirect into the pod|
+//! | `oncache_egress_learn` | underlay NIC, egress     | learn what the slow path encapsulated|
+//! | `oncache_ingress_learn`| host-side veth, egress   | learn what the slow path delivered   |
+//!
+//! Every program returns `TC_ACT_OK` with the packet untouched whenever something is not as
+//! expected: the slow path (bridge + VXLAN device) is always complete on its own.
+//! No global variables: all configuration comes from `ONC_CONFIG`, so that user space can pin
+//! every map the programs use.
+#![no_std]
+#![no_main]
+
+mod packet;
+
+use aya_ebpf::{
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
+        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
+        BPF_F_ADJ_ROOM_FIXED_GSO, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT,
+    },
+    bpf_f_adj_room_encap_l2,
+    helpers::{bpf_get_hash_recalc, bpf_redirect, bpf_redirect_peer},
+    macros::{classifier, map},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::TcContext,
+};
+use oncache_common::{
+    stat_index, Config, Counter, EgressEntry, EndpointInfo, FlowKey, IngressEntry, OuterHeader,
+    Program, VniIp, ENCAP_LEN, FLOW_BOTH, FLOW_EGRESS, FLOW_INGRESS, MAX_EGRESS, MAX_ENDPOINTS,
+    MAX_FLOWS, MAX_INGRESS, MAX_NETWORKS, MAX_OUTER, OUTER_L3_OVERHEAD, STATS_LEN,
+};
+use packet::{parse_flow, parse_vxlan, udp_src_port, Encap, EncapParams, Flow, ETH_LEN, INNER_OFF};
+
+// The static names are the map names user space uses (oncache_common::MAP_*).
+#[map]
+static ONC_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[map]
+static ONC_ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+#[map]
+static ONC_NETWORKS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_NETWORKS, 0);
+#[map]
+static ONC_EGRESS: HashMap<VniIp, EgressEntry> = HashMap::with_max_entries(MAX_EGRESS, 0);
+#[map]
+static ONC_OUTER: HashMap<[u8; 4], OuterHeader> = HashMap::with_max_entries(MAX_OUTER, 0);
+#[map]
+static ONC_INGRESS: HashMap<VniIp, IngressEntry> = HashMap::with_max_entries(MAX_INGRESS, 0);
+#[map]
+static ONC_FILTER: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+#[map]
+static ONC_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+
+// The type of the TC_ACT_* bindings differs between architectures.
+#[allow(clippy::unnecessary_cast)]
+const PASS: i32 = TC_ACT_OK as i32;
+#[allow(clippy::unnecessary_cast)]
+const DROP: i32 = TC_ACT_SHOT as i32;
+
+/// Push outer Ethernet/IPv4/UDP/VXLAN after the first 14 bytes. FIXED_GSO keeps gso_size (the
+/// inner MSS); the ENCAP flags set the inner header offsets, inner protocol ETH_P_TEB,
+/// skb->encapsulation and SKB_GSO_UDP_TUNNEL, so GSO packets are segmented as VXLAN later.
+const ENCAP_FLAGS: u64 = BPF_F_ADJ_ROOM_FIXED_GSO as u64
+    | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 as u64
+    | BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64
+    | BPF_F_ADJ_ROOM_ENCAP_L2_ETH as u64
+    | bpf_f_adj_room_encap_l2(ETH_LEN as u64);
+
+/// Remove the 50 bytes after the first 14. FIXED_GSO is required: a GRO'd VXLAN skb already
+/// carries the inner MSS as gso_size (and UDP GSO is refused without it).
+const DECAP_FLAGS: u64 = BPF_F_ADJ_ROOM_FIXED_GSO as u64 | BPF_F_ADJ_ROOM_DECAP_L3_IPV4 as u64;
+
+#[classifier]
+pub fn oncache_egress_fast(ctx: TcContext) -> i32 {
+    egress_fast(&ctx)
+}
+
+#[classifier]
+pub fn oncache_ingress_fast(ctx: TcContext) -> i32 {
+    ingress_fast(&ctx)
+}
+
+#[classifier]
+pub fn oncache_egress_learn(ctx: TcContext) -> i32 {
+    egress_learn(&ctx);
+    PASS
+}
+
+#[classifier]
+pub fn oncache_ingress_learn(ctx: TcContext) -> i32 {
+    ingress_learn(&ctx);
+    PASS
+}
+
+/// Host-side veth, tc ingress: a packet leaving a container.
+#[inline(always)]
+fn egress_fast(ctx: &TcContext) -> i32 {
+    const P: Program = Program::EgressFast;
+    let Some(cfg) = config() else { return PASS };
+    let Some(ep) = (unsafe { ONC_ENDPOINTS.get(skb_ifindex(ctx)) }) else {
+        return PASS;
+    };
+    let Some(flow) = parse_flow(ctx, 0) else {
+        return PASS;
+    };
+    if !fast_path_network(ep.vni) {
+        return PASS;
+    }
+    // Only what this endpoint may send goes through the cache.
+    if !same(&flow.eth.src, &ep.mac) || !same(&flow.ip.src, &ep.ip) {
+        return count(P, Counter::Rejected);
+    }
+    let key = outgoing_flow_key(ep.vni, &flow);
+    if flow.starts_or_ends() {
+        return invalidate(P, &key);
+    }
+    if !admitted(&key) {
+        return count(P, Counter::Miss);
+    }
+    let Some(eg) = (unsafe {
+        ONC_EGRESS.get(VniIp {
+            vni: ep.vni,
+            ip: flow.ip.dst,
+        })
+    }) else {
+        return count(P, Counter::Miss);
+    };
+    if !same(&flow.eth.dst, &eg.mac) {
+        return count(P, Counter::Miss);
+    }
+    let Some(outer) = (unsafe { ONC_OUTER.get(eg.vtep) }) else {
+        return count(P, Counter::Miss);
+    };
+
+    let len = ctx.len();
+    let outer_ip_len = len + OUTER_L3_OVERHEAD;
+    // Without GSO the frame leaves as it is: it must fit the underlay. Either way the outer IPv4
+    // total length must be expressible.
+    if (skb_gso_size(ctx) == 0 && outer_ip_len > cfg.underlay_mtu) || outer_ip_len > 0xffff {
+        return count(P, Counter::Rejected);
+    }
+    // The inner flow's hash, taken before the packet changes.
+    let sport = udp_src_port(unsafe { bpf_get_hash_recalc(ctx.skb.skb) });
+    let params = EncapParams {
+        outer_eth: outer.eth,
+        tos: outer.tos | (flow.ip.tos & 0x3), // RFC 6040: copy ECN outwards
+        ttl: outer.ttl,
+        src: outer.src,
+        dst: eg.vtep,
+        sport,
+        vni: ep.vni,
+        frame_len: len + ENCAP_LEN,
+    };
+    let ifindex = outer.ifindex;
+    if ctx
+        .adjust_room(ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
+        .is_err()
+    {
+        return count(P, Counter::Miss);
+    }
+    // The room sits after the original Ethernet header: rewrite bytes 0..64 in one store.
+    let hdr = Encap::new(&params, flow.eth);
+    if ctx.store(0, &hdr, 0).is_err() {
+        return DROP; // already grown: never hand a half-built frame on
+    }
+    count(P, Counter::Hit);
+    unsafe { bpf_redirect(ifindex, 0) as i32 }
+}
+
+/// Underlay NIC, tc ingress: a VXLAN packet, perhaps for a local container.
+#[inline(always)]
+fn ingress_fast(ctx: &TcContext) -> i32 {
+    const P: Program = Program::IngressFast;
+    let Some(cfg) = config() else { return PASS };
+    let Some(outer) = parse_vxlan(ctx) else {
+        return PASS;
+    };
+    if !same(&outer.ip.dst, &cfg.underlay_ip) || !fast_path_network(outer.vni) {
+        return PASS;
+    }
+    let vni = outer.vni;
+    let Some(inner) = parse_flow(ctx, INNER_OFF) else {
+        return count(P, Counter::Miss);
+    };
+    let Some(ing) = (unsafe {
+        ONC_INGRESS.get(VniIp {
+            vni,
+            ip: inner.ip.dst,
+        })
+    }) else {
+        return count(P, Counter::Miss);
+    };
+    if !same(&inner.eth.dst, &ing.mac) {
+        return count(P, Counter::Miss);
+    }
+    // A host may only deliver for the containers it hosts.
+    if let Some(eg) = unsafe {
+        ONC_EGRESS.get(VniIp {
+            vni,
+            ip: inner.ip.src,
+        })
+    } {
+        if !same(&eg.vtep, &outer.ip.src) {
+            return count(P, Counter::Rejected);
+        }
+    }
+    let key = incoming_flow_key(vni, &inner);
+    if inner.starts_or_ends() {
+        return invalidate(P, &key);
+    }
+    if !admitted(&key) {
+        return count(P, Counter::Miss);
+    }
+    let ifindex = ing.ifindex;
+    if ctx
+        .adjust_room(-(ENCAP_LEN as i32), BPF_ADJ_ROOM_MAC, DECAP_FLAGS)
+        .is_err()
+    {
+        return count(P, Counter::Miss);
+    }
+    // The first 14 bytes (the outer Ethernet header) were kept: put the inner one there.
+    if ctx.store(0, &inner.eth, 0).is_err() {
+        return DROP; // already shrunk: never hand a half-built frame on
+    }
+    count(P, Counter::Hit);
+    unsafe { bpf_redirect_peer(ifindex, 0) as i32 }
+}
+
+/// Underlay NIC, tc egress: learn from a VXLAN packet the slow path built for an admitted flow.
+#[inline(always)]
+fn egress_learn(ctx: &TcContext) {
+    let Some(cfg) = config() else { return };
+    if skb_mark(ctx) & cfg.admit_mark == 0 {
+        return;
+    }
+    let Some(outer) = parse_vxlan(ctx) else {
+        return;
+    };
+    if !same(&outer.ip.src, &cfg.underlay_ip) || !fast_path_network(outer.vni) {
+        return;
+    }
+    let Some(inner) = parse_flow(ctx, INNER_OFF) else {
+        return;
+    };
+    if inner.ends() {
+        return;
+    }
+    let vni = outer.vni;
+    let header = OuterHeader {
+        eth: outer.eth.to_bytes(),
+        tos: outer.ip.tos & !0x3, // ECN is copied per packet, not cached
+        ttl: outer.ip.ttl,
+        src: outer.ip.src,
+        ifindex: skb_ifindex(ctx),
+    };
+    let entry = EgressEntry {
+        vtep: outer.ip.dst,
+        mac: inner.eth.dst,
+        _pad: [0; 2],
+    };
+    let key = outgoing_flow_key(vni, &inner);
+    let mut changed = put_if_changed(&ONC_OUTER, &outer.ip.dst, &header);
+    changed |= put_if_changed(
+        &ONC_EGRESS,
+        &VniIp {
+            vni,
+            ip: inner.ip.dst,
+        },
+        &entry,
+    );
+    changed |= admit(&key, FLOW_EGRESS);
+    if changed {
+        count(Program::EgressLearn, Counter::Learned);
+    }
+}
+
+/// Host-side veth, tc egress: learn how the slow path delivered to this container.
+#[inline(always)]
+fn ingress_learn(ctx: &TcContext) {
+    let ifindex = skb_ifindex(ctx);
+    let Some(ep) = (unsafe { ONC_ENDPOINTS.get(ifindex) }) else {
+        return;
+    };
+    let Some(cfg) = config() else { return };
+    if skb_mark(ctx) & cfg.admit_mark == 0 || !fast_path_network(ep.vni) {
+        return;
+    }
+    let Some(flow) = parse_flow(ctx, 0) else {
+        return;
+    };
+    if !same(&flow.ip.dst, &ep.ip) || flow.ends() {
+        return;
+    }
+    let entry = IngressEntry {
+        ifindex,
+        mac: flow.eth.dst,
+        _pad: [0; 2],
+    };
+    let mut changed = put_if_changed(
+        &ONC_INGRESS,
+        &VniIp {
+            vni: ep.vni,
+            ip: flow.ip.dst,
+        },
+        &entry,
+    );
+    changed |= admit(&incoming_flow_key(ep.vni, &flow), FLOW_INGRESS);
+    if changed {
+        count(Program::IngressLearn, Counter::Learned);
+    }
+}
+
+/// The filter key of a packet a local container sends (local = source).
+#[inline(always)]
+fn outgoing_flow_key(vni: u32, flow: &Flow) -> FlowKey {
+    flow_key(
+        vni,
+        flow.ip.src,
+        flow.ip.dst,
+        flow.sport,
+        flow.dport,
+        flow.ip.proto,
+    )
+}
+
+/// The filter key of a packet arriving for a local container (local = destination).
+#[inline(always)]
+fn incoming_flow_key(vni: u32, flow: &Flow) -> FlowKey {
+    flow_key(
+        vni,
+        flow.ip.dst,
+        flow.ip.src,
+        flow.dport,
+        flow.sport,
+        flow.ip.proto,
+    )
+}
+
+#[inline(always)]
+fn flow_key(
+    vni: u32,
+    local: [u8; 4],
+    remote: [u8; 4],
+    lport: u16,
+    rport: u16,
+    proto: u8,
+) -> FlowKey {
+    // Start from all zeroes: an aligned fill the compiler turns into plain stores (a literal
+    // `_pad: [0; 3]` became a call to memset), and the padding must be zero for the hash key.
+    let mut key: FlowKey = unsafe { core::mem::zeroed() };
+    key.vni = vni;
+    key.local_ip = local;
+    key.remote_ip = remote;
+    key.local_port = lport;
+    key.remote_port = rport;
+    key.proto = proto;
+    key
+}
+
+#[inline(always)]
+fn config() -> Option<&'static Config> {
+    ONC_CONFIG.get(0)
+}
+
+#[inline(always)]
+fn fast_path_network(vni: u32) -> bool {
+    unsafe { ONC_NETWORKS.get(vni) }.is_some()
+}
+
+/// Has the slow path admitted this flow in both directions?
+#[inline(always)]
+fn admitted(key: &FlowKey) -> bool {
+    matches!(unsafe { ONC_FILTER.get(key) }, Some(v) if *v & FLOW_BOTH == FLOW_BOTH)
+}
+
+/// Sets `bit` in the flow's filter entry. Returns whether anything changed.
+///
+/// Not atomic (the BPF target has no 32-bit atomics in core): when the two learning programs
+/// race on one entry a bit can be lost, and the next admitted packet of that direction sets it
+/// again — only delaying the fast path by a packet.
+#[inline(always)]
+fn admit(key: &FlowKey, bit: u32) -> bool {
+    if let Some(v) = ONC_FILTER.get_ptr_mut(key) {
+        let cur = unsafe { v.read_volatile() };
+        if cur & bit != 0 {
+            return false;
+        }
+        unsafe { v.write_volatile(cur | bit) };
+        return true;
+    }
+    ONC_FILTER.insert(key, bit, BPF_NOEXIST as u64).is_ok()
+}
+
+/// Removes the flow's filter entry (TCP SYN/FIN/RST) and passes the packet.
+#[inline(always)]
+fn invalidate(p: Program, key: &FlowKey) -> i32 {
+    if ONC_FILTER.remove(key).is_ok() {
+        count(p, Counter::Invalidated);
+    }
+    PASS
+}
+
+/// Writes `map[key] = value` unless it already holds exactly that (no per-packet writes).
+#[inline(always)]
+fn put_if_changed<K, V>(map: &HashMap<K, V>, key: &K, value: &V) -> bool {
+    if let Some(cur) = unsafe { map.get(key) } {
+        if same(cur, value) {
+            return false;
+        }
+    }
+    map.insert(key, value, 0).is_ok()
+}
+
+/// Byte-wise equality of two plain values. Written out rather than `==` on arrays, which may
+/// become a call to `memcmp`/`bcmp` that BPF does not have.
+#[inline(always)]
+fn same<T>(a: &T, b: &T) -> bool {
+    let (a, b) = (a as *const T as *const u8, b as *const T as *const u8);
+    let mut diff = 0u8;
+    let mut i = 0;
+    while i < core::mem::size_of::<T>() {
+        diff |= unsafe { a.add(i).read() ^ b.add(i).read() };
+        i += 1;
+    }
+    diff == 0
+}
+
+/// Adds one to a per-CPU counter and passes the packet.
+#[inline(always)]
+fn count(p: Program, c: Counter) -> i32 {
+    if let Some(v) = ONC_STATS.get_ptr_mut(stat_index(p, c)) {
+        unsafe { *v += 1 };
+    }
+    PASS
+}
+
+#[inline(always)]
+fn skb_ifindex(ctx: &TcContext) -> u32 {
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+#[inline(always)]
+fn skb_mark(ctx: &TcContext) -> u32 {
+    unsafe { (*ctx.skb.skb).mark }
+}
+
+#[inline(always)]
+fn skb_gso_size(ctx: &TcContext) -> u32 {
+    unsafe { (*ctx.skb.skb).gso_size }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,281 @@
+//! Packet layouts, bounds-checked parsing and the outer header oncache writes.
+//!
+//! Headers are byte arrays (alignment 1, exact sizes) read with `bpf_skb_load_bytes`, which
+//! works whether or not the bytes sit in the linear part of the skb.
+
+use aya_ebpf::programs::TcContext;
+use oncache_common::{ENCAP_LEN, VXLAN_PORT};
+
+pub const ETH_LEN: usize = 14;
+pub const IPV4_LEN: usize = 20;
+pub const UDP_LEN: usize = 8;
+/// Where the inner Ethernet header of a VXLAN packet starts (outer Ethernet + IPv4 + UDP + VXLAN).
+pub const INNER_OFF: usize = ENCAP_LEN as usize;
+
+const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+/// Version 4, header length 5 words: options are not handled, so they are not candidates.
+const IPV4_VER_IHL: u8 = 0x45;
+/// More-fragments flag and fragment offset: any fragment goes to the slow path.
+const IPV4_FRAG_MASK: u16 = 0x3fff;
+const IPV4_DF: u16 = 0x4000;
+const TCP_FLAGS_OFF: usize = 13;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+/// VXLAN flags byte: the I bit says the VNI is valid.
+const VXLAN_I: u8 = 0x08;
+
+/// Outer UDP source ports: the IANA dynamic range, as `udp_flow_src_port(min, max)` maps it,
+/// i.e. [min, max). A VXLAN device created with `srcport 49152 65535` picks the very same port
+/// for a flow, so the outer 5-tuple does not change when a flow moves to the fast path.
+const SPORT_MIN: u32 = 49152;
+const SPORT_MAX: u32 = 65535;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub proto: [u8; 2],
+}
+
+impl EthHdr {
+    #[inline(always)]
+    pub fn to_bytes(self) -> [u8; ETH_LEN] {
+        let ([d0, d1, d2, d3, d4, d5], [s0, s1, s2, s3, s4, s5]) = (self.dst, self.src);
+        [
+            d0,
+            d1,
+            d2,
+            d3,
+            d4,
+            d5,
+            s0,
+            s1,
+            s2,
+            s3,
+            s4,
+            s5,
+            self.proto[0],
+            self.proto[1],
+        ]
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv4Hdr {
+    pub ver_ihl: u8,
+    pub tos: u8,
+    pub tot_len: [u8; 2],
+    pub id: [u8; 2],
+    pub frag: [u8; 2],
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: [u8; 2],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct EthIpv4 {
+    eth: EthHdr,
+    ip: Ipv4Hdr,
+}
+
+/// Outer headers of a VXLAN packet: Ethernet, IPv4, UDP, VXLAN.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct VxlanHdrs {
+    eth: EthHdr,
+    ip: Ipv4Hdr,
+    udp: [u8; UDP_LEN],
+    vxlan: [u8; 8],
+}
+
+/// An IPv4 TCP or UDP frame: a fast-path candidate.
+pub struct Flow {
+    pub eth: EthHdr,
+    pub ip: Ipv4Hdr,
+    /// Host order.
+    pub sport: u16,
+    pub dport: u16,
+    /// TCP flags (0 for UDP).
+    pub tcp_flags: u8,
+}
+
+impl Flow {
+    /// FIN or RST: the connection is ending; nothing is learned from it.
+    #[inline(always)]
+    pub fn ends(&self) -> bool {
+        self.tcp_flags & (TCP_FIN | TCP_RST) != 0
+    }
+
+    /// SYN, FIN or RST: the slow path (conntrack, firewall) must see it, and the flow's filter
+    /// entry goes. SYN too, so that a new connection reusing a 5-tuple must be admitted anew
+    /// (the last ACKs of the old one may have re-learned both directions).
+    #[inline(always)]
+    pub fn starts_or_ends(&self) -> bool {
+        self.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0
+    }
+}
+
+/// A VXLAN packet (IPv4, UDP port 4789, I flag set).
+pub struct Vxlan {
+    pub eth: EthHdr,
+    pub ip: Ipv4Hdr,
+    pub vni: u32,
+}
+
+/// Parses an Ethernet + IPv4 (no options, not a fragment) + TCP/UDP frame at `off`.
+#[inline(always)]
+pub fn parse_flow(ctx: &TcContext, off: usize) -> Option<Flow> {
+    let h: EthIpv4 = ctx.load(off).ok()?;
+    if h.eth.proto != ETH_P_IP || !plain_ipv4(&h.ip) {
+        return None;
+    }
+    let l4 = off + ETH_LEN + IPV4_LEN;
+    let tcp_flags = match h.ip.proto {
+        IPPROTO_TCP => ctx.load(l4 + TCP_FLAGS_OFF).ok()?,
+        IPPROTO_UDP => 0,
+        _ => return None,
+    };
+    let ports: [u8; 4] = ctx.load(l4).ok()?;
+    Some(Flow {
+        eth: h.eth,
+        ip: h.ip,
+        sport: u16::from_be_bytes([ports[0], ports[1]]),
+        dport: u16::from_be_bytes([ports[2], ports[3]]),
+        tcp_flags,
+    })
+}
+
+/// Parses the outer headers of a VXLAN packet at offset 0.
+#[inline(always)]
+pub fn parse_vxlan(ctx: &TcContext) -> Option<Vxlan> {
+    let h: VxlanHdrs = ctx.load(0).ok()?;
+    if h.eth.proto != ETH_P_IP
+        || !plain_ipv4(&h.ip)
+        || h.ip.proto != IPPROTO_UDP
+        || u16::from_be_bytes([h.udp[2], h.udp[3]]) != VXLAN_PORT
+        || h.vxlan[0] & VXLAN_I == 0
+    {
+        return None;
+    }
+    let vni = u32::from_be_bytes([0, h.vxlan[4], h.vxlan[5], h.vxlan[6]]);
+    Some(Vxlan {
+        eth: h.eth,
+        ip: h.ip,
+        vni,
+    })
+}
+
+#[inline(always)]
+fn plain_ipv4(ip: &Ipv4Hdr) -> bool {
+    ip.ver_ihl == IPV4_VER_IHL && u16::from_be_bytes(ip.frag) & IPV4_FRAG_MASK == 0
+}
+
+/// Everything in front of the inner IP header of an encapsulated frame, written in one store.
+#[repr(C)]
+pub struct Encap {
+    pub outer_eth: [u8; ETH_LEN],
+    pub ip: [u8; IPV4_LEN],
+    pub udp: [u8; UDP_LEN],
+    pub vxlan: [u8; 8],
+    pub inner_eth: EthHdr,
+}
+
+/// What the outer header is built from.
+pub struct EncapParams {
+    pub outer_eth: [u8; ETH_LEN],
+    pub tos: u8,
+    pub ttl: u8,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: u16,
+    pub vni: u32,
+    /// Length of the whole frame after the room was added (outer Ethernet included).
+    pub frame_len: u32,
+}
+
+impl Encap {
+    #[inline(always)]
+    pub fn new(p: &EncapParams, inner_eth: EthHdr) -> Self {
+        let ip_len = (p.frame_len - ETH_LEN as u32) as u16;
+        let udp_len = ip_len - IPV4_LEN as u16;
+        let [s0, s1] = p.sport.to_be_bytes();
+        let [d0, d1] = VXLAN_PORT.to_be_bytes();
+        let [u0, u1] = udp_len.to_be_bytes();
+        let [_, v0, v1, v2] = p.vni.to_be_bytes();
+        Encap {
+            outer_eth: p.outer_eth,
+            ip: outer_ipv4(p, ip_len),
+            // Checksum 0: allowed for UDP over IPv4 and what VXLAN sends by default.
+            udp: [s0, s1, d0, d1, u0, u1, 0, 0],
+            vxlan: [VXLAN_I, 0, 0, 0, v0, v1, v2, 0],
+            inner_eth,
+        }
+    }
+}
+
+/// The outer IPv4 header: ID 0 with DF (RFC 6864 atomic datagram), protocol UDP.
+#[inline(always)]
+fn outer_ipv4(p: &EncapParams, tot_len: u16) -> [u8; IPV4_LEN] {
+    let [l0, l1] = tot_len.to_be_bytes();
+    let [f0, f1] = IPV4_DF.to_be_bytes();
+    let [s0, s1, s2, s3] = p.src;
+    let [d0, d1, d2, d3] = p.dst;
+    let mut h = [
+        IPV4_VER_IHL,
+        p.tos,
+        l0,
+        l1,
+        0,
+        0,
+        f0,
+        f1,
+        p.ttl,
+        IPPROTO_UDP,
+        0,
+        0,
+        s0,
+        s1,
+        s2,
+        s3,
+        d0,
+        d1,
+        d2,
+        d3,
+    ];
+    let [c0, c1] = ipv4_checksum(&h).to_be_bytes();
+    h[10] = c0;
+    h[11] = c1;
+    h
+}
+
+/// Internet checksum of a 20-byte header whose checksum field is zero.
+#[inline(always)]
+fn ipv4_checksum(h: &[u8; IPV4_LEN]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i < IPV4_LEN {
+        sum += u32::from(u16::from_be_bytes([h[i], h[i + 1]]));
+        i += 2;
+    }
+    // Ten 16-bit words sum to less than 2^20: two folds always reach 16 bits.
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// Outer UDP source port from the inner flow hash, exactly as the kernel's `udp_flow_src_port`:
+/// fold the low bits up, then scale into the range by multiply-shift (no modulo bias).
+#[inline(always)]
+pub fn udp_src_port(hash: u32) -> u16 {
+    let hash = hash ^ (hash << 16);
+    let span = u64::from(SPORT_MAX - SPORT_MIN);
+    ((u64::from(hash) * span) >> 32) as u16 + SPORT_MIN as u16
+}

@@ -1,0 +1,254 @@
+//! Typed access to the fast path's pinned maps: what the daemon writes (configuration,
+//! endpoints, networks), invalidation of what the programs learned, and the operator's view.
+
+use anyhow::{anyhow, Context, Result};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::Ebpf;
+use oncache_common as c;
+use serde::Serialize;
+use std::net::Ipv4Addr;
+
+pub struct Maps {
+    config: Map,
+    endpoints: Map,
+    networks: Map,
+    egress: Map,
+    outer: Map,
+    ingress: Map,
+    filter: Map,
+    stats: Map,
+}
+
+fn hash<K: aya::Pod, V: aya::Pod>(m: &mut Map) -> Result<HashMap<&mut MapData, K, V>> {
+    HashMap::try_from(m).map_err(|e| anyhow!("{e}"))
+}
+
+/// Removes every key of a hash map that `doomed` selects; returns how many went.
+fn remove_where<K: aya::Pod, V: aya::Pod>(m: &mut Map, doomed: impl Fn(&K, &V) -> bool) -> Result<usize> {
+    let mut h = hash::<K, V>(m)?;
+    let keys: Vec<K> = h.iter().filter_map(|kv| kv.ok()).filter(|(k, v)| doomed(k, v)).map(|(k, _)| k).collect();
+    for k in &keys {
+        // Gone already (the LRU evicted it, a program deleted it): fine.
+        let _ = h.remove(k);
+    }
+    Ok(keys.len())
+}
+
+fn entries<K: aya::Pod, V: aya::Pod>(m: &mut Map) -> Result<Vec<(K, V)>> {
+    Ok(hash::<K, V>(m)?.iter().filter_map(|kv| kv.ok()).collect())
+}
+
+fn ip(b: [u8; 4]) -> Ipv4Addr {
+    Ipv4Addr::from(b)
+}
+
+impl Maps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Maps> {
+        let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"));
+        Ok(Maps {
+            config: take(c::MAP_CONFIG)?,
+            endpoints: take(c::MAP_ENDPOINTS)?,
+            networks: take(c::MAP_NETWORKS)?,
+            egress: take(c::MAP_EGRESS)?,
+            outer: take(c::MAP_OUTER)?,
+            ingress: take(c::MAP_INGRESS)?,
+            filter: take(c::MAP_FILTER)?,
+            stats: take(c::MAP_STATS)?,
+        })
+    }
+
+    pub fn set_config(&mut self, cfg: c::Config) -> Result<()> {
+        let mut a: Array<&mut MapData, c::Config> = Array::try_from(&mut self.config)?;
+        a.set(0, cfg, 0).context("writing the fast-path configuration")
+    }
+
+    pub fn set_endpoint(&mut self, ifindex: u32, ep: c::EndpointInfo) -> Result<()> {
+        hash::<u32, c::EndpointInfo>(&mut self.endpoints)?.insert(ifindex, ep, 0).context("adding endpoint")
+    }
+
+    pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<()> {
+        remove_where::<u32, c::EndpointInfo>(&mut self.endpoints, |k, _| *k == ifindex).map(|_| ())
+    }
+
+    /// Endpoints whose veth is not in `live` (ifindexes) go.
+    pub fn retain_endpoints(&mut self, live: &[u32]) -> Result<usize> {
+        remove_where::<u32, c::EndpointInfo>(&mut self.endpoints, |k, _| !live.contains(k))
+    }
+
+    /// Makes the fast-path network set exactly `vnis`, purging what was learned in others.
+    pub fn set_networks(&mut self, vnis: &[u32]) -> Result<()> {
+        let stale: Vec<u32> = entries::<u32, u32>(&mut self.networks)?.into_iter().map(|(k, _)| k).filter(|v| !vnis.contains(v)).collect();
+        for v in stale {
+            self.remove_network(v)?;
+        }
+        let mut h = hash::<u32, u32>(&mut self.networks)?;
+        for v in vnis {
+            h.insert(*v, c::NET_FASTPATH, 0)?;
+        }
+        Ok(())
+    }
+
+    /// A network is gone: nothing learned in it may be used again.
+    pub fn remove_network(&mut self, vni: u32) -> Result<usize> {
+        remove_where::<u32, u32>(&mut self.networks, |k, _| *k == vni)?;
+        Ok(remove_where::<c::VniIp, c::EgressEntry>(&mut self.egress, |k, _| k.vni == vni)?
+            + remove_where::<c::VniIp, c::IngressEntry>(&mut self.ingress, |k, _| k.vni == vni)?
+            + remove_where::<c::FlowKey, u32>(&mut self.filter, |k, _| k.vni == vni)?
+            + remove_where::<u32, c::EndpointInfo>(&mut self.endpoints, |_, v| v.vni == vni)?)
+    }
+
+    /// A local container left: its delivery entry and its flows go.
+    pub fn forget_local(&mut self, vni: u32, addr: [u8; 4]) -> Result<usize> {
+        Ok(remove_where::<c::VniIp, c::IngressEntry>(&mut self.ingress, |k, _| k.vni == vni && k.ip == addr)?
+            + remove_where::<c::FlowKey, u32>(&mut self.filter, |k, _| k.vni == vni && k.local_ip == addr)?)
+    }
+
+    /// A remote container left or moved: where it was, and flows with it, go.
+    pub fn forget_remote(&mut self, vni: u32, addr: [u8; 4]) -> Result<usize> {
+        Ok(remove_where::<c::VniIp, c::EgressEntry>(&mut self.egress, |k, _| k.vni == vni && k.ip == addr)?
+            + remove_where::<c::FlowKey, u32>(&mut self.filter, |k, _| k.vni == vni && k.remote_ip == addr)?)
+    }
+
+    /// A peer host is gone: its outer header and every container learned behind it.
+    pub fn forget_peer(&mut self, vtep: [u8; 4]) -> Result<usize> {
+        let gone: Vec<c::VniIp> = entries::<c::VniIp, c::EgressEntry>(&mut self.egress)?
+            .into_iter()
+            .filter(|(_, v)| v.vtep == vtep)
+            .map(|(k, _)| k)
+            .collect();
+        let mut n = remove_where::<[u8; 4], c::OuterHeader>(&mut self.outer, |k, _| *k == vtep)?;
+        for k in gone {
+            n += self.forget_remote(k.vni, k.ip)?;
+        }
+        Ok(n)
+    }
+
+    /// `oncache cache flush`: drops everything learned, so every flow is judged by the slow
+    /// path (and the firewall) again. Configuration, endpoints and networks stay.
+    pub fn flush(&mut self) -> Result<usize> {
+        Ok(remove_where::<c::FlowKey, u32>(&mut self.filter, |_, _| true)?
+            + remove_where::<c::VniIp, c::EgressEntry>(&mut self.egress, |_, _| true)?
+            + remove_where::<[u8; 4], c::OuterHeader>(&mut self.outer, |_, _| true)?
+            + remove_where::<c::VniIp, c::IngressEntry>(&mut self.ingress, |_, _| true)?)
+    }
+
+    pub fn stats(&mut self) -> Result<Stats> {
+        let a: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(&mut self.stats)?;
+        let get = |p: c::Program| -> Result<Counters> {
+            let mut v = [0u64; c::COUNTERS];
+            for (slot, counter) in v.iter_mut().zip(c::ALL_COUNTERS) {
+                *slot = a.get(&c::stat_index(p, counter), 0)?.iter().sum();
+            }
+            Ok(Counters { hits: v[0], misses: v[1], learned: v[2], invalidated: v[3], rejected: v[4] })
+        };
+        Ok(Stats {
+            egress_fast: get(c::Program::EgressFast)?,
+            ingress_fast: get(c::Program::IngressFast)?,
+            egress_learn: get(c::Program::EgressLearn)?,
+            ingress_learn: get(c::Program::IngressLearn)?,
+        })
+    }
+
+    pub fn list(&mut self) -> Result<CacheList> {
+        let fmt_mac = |m: [u8; 6]| crate::naming::format_mac(m);
+        Ok(CacheList {
+            egress: entries::<c::VniIp, c::EgressEntry>(&mut self.egress)?
+                .into_iter()
+                .map(|(k, v)| EgressView { vni: k.vni, ip: ip(k.ip), vtep: ip(v.vtep), mac: fmt_mac(v.mac) })
+                .collect(),
+            outer: entries::<[u8; 4], c::OuterHeader>(&mut self.outer)?
+                .into_iter()
+                .map(|(k, v)| OuterView {
+                    vtep: ip(k),
+                    src: ip(v.src),
+                    dst_mac: fmt_mac(v.eth[..6].try_into().expect("6 bytes")),
+                    src_mac: fmt_mac(v.eth[6..12].try_into().expect("6 bytes")),
+                    tos: v.tos,
+                    ttl: v.ttl,
+                    ifindex: v.ifindex,
+                })
+                .collect(),
+            ingress: entries::<c::VniIp, c::IngressEntry>(&mut self.ingress)?
+                .into_iter()
+                .map(|(k, v)| IngressView { vni: k.vni, ip: ip(k.ip), ifindex: v.ifindex, mac: fmt_mac(v.mac) })
+                .collect(),
+            filter: entries::<c::FlowKey, u32>(&mut self.filter)?
+                .into_iter()
+                .map(|(k, v)| FlowView {
+                    vni: k.vni,
+                    proto: match k.proto {
+                        6 => "tcp".into(),
+                        17 => "udp".into(),
+                        p => p.to_string(),
+                    },
+                    local: format!("{}:{}", ip(k.local_ip), k.local_port),
+                    remote: format!("{}:{}", ip(k.remote_ip), k.remote_port),
+                    egress: v & c::FLOW_EGRESS != 0,
+                    ingress: v & c::FLOW_INGRESS != 0,
+                })
+                .collect(),
+        })
+    }
+}
+
+#[derive(Debug, Default, Serialize, serde::Deserialize, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub hits: u64,
+    pub misses: u64,
+    pub learned: u64,
+    pub invalidated: u64,
+    pub rejected: u64,
+}
+
+#[derive(Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Stats {
+    pub egress_fast: Counters,
+    pub ingress_fast: Counters,
+    pub egress_learn: Counters,
+    pub ingress_learn: Counters,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct EgressView {
+    pub vni: u32,
+    pub ip: Ipv4Addr,
+    pub vtep: Ipv4Addr,
+    pub mac: String,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct OuterView {
+    pub vtep: Ipv4Addr,
+    pub src: Ipv4Addr,
+    pub dst_mac: String,
+    pub src_mac: String,
+    pub tos: u8,
+    pub ttl: u8,
+    pub ifindex: u32,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct IngressView {
+    pub vni: u32,
+    pub ip: Ipv4Addr,
+    pub ifindex: u32,
+    pub mac: String,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct FlowView {
+    pub vni: u32,
+    pub proto: String,
+    pub local: String,
+    pub remote: String,
+    pub egress: bool,
+    pub ingress: bool,
+}
+
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+pub struct CacheList {
+    pub egress: Vec<EgressView>,
+    pub outer: Vec<OuterView>,
+    pub ingress: Vec<IngressView>,
+    pub filter: Vec<FlowView>,
+}

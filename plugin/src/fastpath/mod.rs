@@ -1,0 +1,197 @@
+//! The ONCache fast path in user space: loads the eBPF object, pins programs, maps and links
+//! under `--bpf-dir`, attaches the programs, and keeps the maps the programs cannot learn
+//! (configuration, endpoints, networks) in line with the driver's state. Invalidation lives
+//! in [`maps`]; the driver decides when, this module only executes.
+//!
+//! Pins: `<bpf-dir>/maps/<MAP>`, `<bpf-dir>/progs/<program>`, `<bpf-dir>/links/<ifname>:<hook>`.
+//! A restarted daemon loads the new object against the pinned maps (so learned state survives)
+//! and swaps each pinned TCX link to the new program atomically: traffic never stops.
+
+pub mod features;
+pub mod maps;
+
+use anyhow::{anyhow, Context, Result};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::TcAttachOptions;
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+use oncache_common as c;
+use std::path::{Path, PathBuf};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oncache.bpf.o"));
+
+pub use maps::Maps;
+
+/// Where the two hooks of an interface are; also the pin-name suffix.
+#[derive(Clone, Copy)]
+enum Hook {
+    Ingress,
+    Egress,
+}
+
+impl Hook {
+    fn tc(self) -> TcAttachType {
+        match self {
+            Hook::Ingress => TcAttachType::Ingress,
+            Hook::Egress => TcAttachType::Egress,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Hook::Ingress => "ingress",
+            Hook::Egress => "egress",
+        }
+    }
+}
+
+pub struct FastPath {
+    ebpf: Ebpf,
+    pub maps: Maps,
+    dir: PathBuf,
+}
+
+fn pin_dirs(dir: &Path) -> [PathBuf; 3] {
+    [dir.join("maps"), dir.join("progs"), dir.join("links")]
+}
+
+impl FastPath {
+    /// Loads (or adopts) the fast path and attaches the underlay programs.
+    pub fn start(dir: &Path, cfg: c::Config, underlay: &str) -> Result<FastPath> {
+        features::ensure_bpffs(dir)?;
+        for d in pin_dirs(dir) {
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let map_paths: Vec<(&str, PathBuf)> = c::MAPS.iter().map(|m| (*m, dir.join("maps").join(m))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).context("loading the oncache eBPF object")?;
+        for name in [c::PROG_EGRESS_FAST, c::PROG_INGRESS_FAST, c::PROG_EGRESS_LEARN, c::PROG_INGRESS_LEARN] {
+            let prog = classifier(&mut ebpf, name)?;
+            prog.load().map_err(|e| verifier_error(name, e))?;
+            let pin = dir.join("progs").join(name);
+            remove_pin(&pin)?;
+            prog.pin(&pin).with_context(|| format!("pinning {name} at {}", pin.display()))?;
+        }
+        let mut maps = Maps::take(&mut ebpf)?;
+        maps.set_config(cfg)?;
+        let mut fp = FastPath { ebpf, maps, dir: dir.to_path_buf() };
+        fp.attach(c::PROG_INGRESS_FAST, underlay, Hook::Ingress)?;
+        fp.attach(c::PROG_EGRESS_LEARN, underlay, Hook::Egress)?;
+        Ok(fp)
+    }
+
+    /// bpffs refuses names with a dot, which interface names may have; ':' never appears in
+    /// an interface name, so it stands in for the dot and separates the hook.
+    fn link_pin(&self, ifname: &str, hook: Hook) -> PathBuf {
+        self.dir.join("links").join(format!("{}:{}", ifname.replace('.', ":"), hook.name()))
+    }
+
+    /// Attaches `prog` to a hook of `ifname` through a pinned TCX link, replacing the program
+    /// of an existing pinned link in place (no window without a program).
+    fn attach(&mut self, prog: &str, ifname: &str, hook: Hook) -> Result<()> {
+        let pin = self.link_pin(ifname, hook);
+        let p = classifier(&mut self.ebpf, prog)?;
+        let fresh = |p: &mut SchedClassifier| {
+            p.attach_with_options(ifname, hook.tc(), TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .with_context(|| format!("attaching {prog} to {ifname} {}", hook.name()))
+        };
+        let id = if !pin.exists() {
+            fresh(p)?
+        } else {
+            let old = PinnedLink::from_pin(&pin).map_err(|e| anyhow!("opening pinned link {}: {e}", pin.display()))?;
+            match FdLink::from(old).try_into().map_err(|e| anyhow!("{e}")).and_then(|l| p.attach_to_link(l).map_err(anyhow::Error::from)) {
+                Ok(id) => id,
+                // The link's interface is gone (a recreated veth): start afresh.
+                Err(e) => {
+                    log::debug!("replacing stale link {}: {e:#}", pin.display());
+                    remove_pin(&pin)?;
+                    fresh(p)?
+                }
+            }
+        };
+        let link: FdLink = p.take_link(id)?.try_into().map_err(|e| anyhow!("{prog}: not a TCX link: {e}"))?;
+        remove_pin(&pin)?;
+        link.pin(&pin).with_context(|| format!("pinning link {}", pin.display()))?;
+        Ok(())
+    }
+
+    /// Removes the pinned links of an interface, which detaches the programs.
+    fn detach(&self, ifname: &str) -> Result<()> {
+        for hook in [Hook::Ingress, Hook::Egress] {
+            remove_pin(&self.link_pin(ifname, hook))?;
+        }
+        Ok(())
+    }
+
+    /// Puts the fast path on a joined endpoint's host-side veth.
+    pub fn attach_endpoint(&mut self, veth: &str, ifindex: u32, ep: c::EndpointInfo) -> Result<()> {
+        self.maps.set_endpoint(ifindex, ep)?;
+        self.attach(c::PROG_EGRESS_FAST, veth, Hook::Ingress)?;
+        self.attach(c::PROG_INGRESS_LEARN, veth, Hook::Egress)
+    }
+
+    /// Takes the fast path off an endpoint and forgets everything learned about it.
+    pub fn detach_endpoint(&mut self, veth: &str, ifindex: Option<u32>, vni: u32, ip: Option<[u8; 4]>) -> Result<()> {
+        self.detach(veth)?;
+        if let Some(i) = ifindex {
+            self.maps.remove_endpoint(i)?;
+        }
+        if let Some(ip) = ip {
+            self.maps.forget_local(vni, ip)?;
+        }
+        Ok(())
+    }
+
+    /// Removes link pins of interfaces that no longer exist or are not endpoints any more.
+    pub fn prune_links(&self, keep: &[String], underlay: &str) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for e in std::fs::read_dir(self.dir.join("links"))? {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            let ifname = name.rsplit_once(':').map(|(i, _)| i.replace(':', ".")).unwrap_or_else(|| name.clone());
+            if ifname != underlay && !keep.contains(&ifname) {
+                remove_pin(&self.dir.join("links").join(&name))?;
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    let p = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+    Ok(p.try_into()?)
+}
+
+/// The verifier's own words, not just "permission denied".
+fn verifier_error(name: &str, e: aya::programs::ProgramError) -> anyhow::Error {
+    match e {
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+            anyhow!("the kernel's verifier rejected {name}: {io_error}\n{verifier_log}")
+        }
+        e => anyhow!("loading {name}: {e}"),
+    }
+}
+
+fn remove_pin(p: &Path) -> Result<()> {
+    match std::fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(anyhow!("removing pin {}: {e}", p.display())),
+        _ => Ok(()),
+    }
+}
+
+/// Removes every pin under `dir` (links first, which detaches the programs), then the folder.
+pub fn uninstall(dir: &Path) -> Result<usize> {
+    let mut n = 0;
+    for d in pin_dirs(dir).iter().rev() {
+        let Ok(entries) = std::fs::read_dir(d) else { continue };
+        for e in entries {
+            remove_pin(&e?.path())?;
+            n += 1;
+        }
+        let _ = std::fs::remove_dir(d);
+    }
+    let _ = std::fs::remove_dir(dir);
+    Ok(n)
+}

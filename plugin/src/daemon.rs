@@ -3,7 +3,7 @@
 use crate::announce::{Announcement, Announcer};
 use crate::dataplane::Dataplane;
 use crate::driver::Driver;
-use crate::fastpath::{features, FastPath};
+use crate::fastpath::{features, AttachMode, FastPath};
 use crate::server;
 use anyhow::{bail, Context, Result};
 use oncache_store::Store;
@@ -36,6 +36,10 @@ pub struct Config {
     /// leaving (0 turns announcements off).
     #[arg(long, default_value_t = crate::announce::DEFAULT_PORT)]
     pub announce_port: u16,
+    /// How to attach the fast path's programs [default: tcx where the kernel has it (6.6+),
+    /// otherwise clsact].
+    #[arg(long, value_enum)]
+    pub tc_attach: Option<AttachMode>,
 }
 
 /// Starts the fast path, or says why it cannot run. A kernel without what it needs leaves the
@@ -54,8 +58,9 @@ fn start_fast_path(cfg: &Config, u: &crate::dataplane::Underlay) -> Result<std::
         underlay_ip: u.ip.octets(),
         admit_mark: oncache_common::ADMIT_MARK,
     };
-    let fp = FastPath::start(&cfg.bpf_dir, conf, &u.name)?;
-    log::info!("fast path on: programs and maps pinned in {}", cfg.bpf_dir.display());
+    let mode = cfg.tc_attach.unwrap_or_else(AttachMode::detect);
+    let fp = FastPath::start(&cfg.bpf_dir, conf, &u.name, mode)?;
+    log::info!("fast path on ({mode:?}): programs and maps pinned in {}", cfg.bpf_dir.display());
     Ok(Ok(fp))
 }
 

@@ -413,7 +413,10 @@ impl Driver {
             underlay: self.dp.underlay.name.clone(),
             underlay_ip: self.dp.underlay.ip.to_string(),
             underlay_mtu: self.dp.underlay.mtu,
-            fastpath: if self.fast.is_some() { "on".into() } else { format!("off: {}", self.fast_off) },
+            fastpath: match &self.fast {
+                Some(f) => format!("on ({:?})", f.mode).to_lowercase(),
+                None => format!("off: {}", self.fast_off),
+            },
             peers: self.store.peers()?,
             networks,
         })

@@ -147,7 +147,7 @@ async fn status(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
     }
-    println!("oncache {}  underlay {} ({}, MTU {})", s.version, s.underlay, s.underlay_ip, s.underlay_mtu);
+    println!("oncache {}  underlay {} ({}, MTU {})  fast path {}", s.version, s.underlay, s.underlay_ip, s.underlay_mtu, s.fastpath);
     let peers: Vec<String> = s.peers.iter().map(|p| p.to_string()).collect();
     println!("peers: {}", if peers.is_empty() { "none".into() } else { peers.join(", ") });
     for n in &s.networks {
@@ -174,7 +174,8 @@ async fn status(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
 }
 
 async fn uninstall(bpf_dir: &std::path::Path) -> anyhow::Result<()> {
-    let pins = fastpath::uninstall(bpf_dir)?;
+    let interfaces = dataplane::interface_names().await?;
+    let pins = fastpath::uninstall(bpf_dir, &interfaces)?;
     println!("removed {pins} pinned eBPF objects from {}", bpf_dir.display());
     dataplane::uninstall().await
 }

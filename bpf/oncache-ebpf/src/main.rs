@@ -244,7 +244,7 @@ fn egress_learn(ctx: &TcContext) {
     let Some(inner) = parse_flow(ctx, INNER_OFF) else {
         return;
     };
-    if inner.ends() {
+    if inner.ends() || !inner.unicast() {
         return;
     }
     let vni = outer.vni;
@@ -290,7 +290,7 @@ fn ingress_learn(ctx: &TcContext) {
     let Some(flow) = parse_flow(ctx, 0) else {
         return;
     };
-    if !same(&flow.ip.dst, &ep.ip) || flow.ends() {
+    if !same(&flow.ip.dst, &ep.ip) || flow.ends() || !flow.unicast() {
         return;
     }
     let entry = IngressEntry {

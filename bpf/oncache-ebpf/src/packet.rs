@@ -108,6 +108,12 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// Only unicast frames are cached (a flooded copy names no single container or host).
+    #[inline(always)]
+    pub fn unicast(&self) -> bool {
+        self.eth.dst[0] & 0x01 == 0
+    }
+
     /// FIN or RST: the connection is ending; nothing is learned from it.
     #[inline(always)]
     pub fn ends(&self) -> bool {

@@ -25,6 +25,11 @@ pub struct NetSpec {
     pub mtu: u32,
 }
 
+/// Every interface of this network namespace, by name.
+pub async fn interface_names() -> Result<Vec<String>> {
+    Ok(Netlink::connect()?.links().await?.into_iter().map(|l| l.name).collect())
+}
+
 /// Removes every oncache link and the firewall chain of this network namespace.
 pub async fn uninstall() -> Result<()> {
     let nl = Netlink::connect()?;

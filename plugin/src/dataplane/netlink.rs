@@ -17,8 +17,10 @@ use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan};
 use std::net::{IpAddr, Ipv4Addr};
 
-/// The standard VXLAN UDP port (IANA), used by every oncache host.
-pub const VXLAN_PORT: u16 = 4789;
+use oncache_common::VXLAN_PORT;
+/// Outer UDP source ports (the IANA dynamic range), hashed from the inner flow.
+const SRC_PORT_MIN: u16 = 49152;
+const SRC_PORT_MAX: u16 = 65535;
 
 /// What oncache needs to know about a link.
 #[derive(Debug, Clone)]
@@ -100,6 +102,9 @@ impl Netlink {
             .dev(s.underlay_index)
             .local(s.local)
             .port(VXLAN_PORT)
+            // The fast path hashes the inner flow into this range the kernel's way, so a flow
+            // keeps its outer source port when it moves from the slow path to the fast path.
+            .port_range(SRC_PORT_MIN, SRC_PORT_MAX)
             .learning(true)
             .mtu(s.mtu)
             .controller(s.controller)

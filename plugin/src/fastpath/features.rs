@@ -55,6 +55,10 @@ fn check(name: &str, ok: bool, detail: impl Into<String>, fix: &str) -> Check {
     Check { name: name.into(), ok, detail: detail.into(), fix: if ok { String::new() } else { fix.into() } }
 }
 
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    kernel().is_some_and(|v| v >= (major, minor))
+}
+
 fn kernel() -> Option<(u32, u32)> {
     let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
     let mut it = r.trim().split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty());
@@ -103,7 +107,12 @@ pub fn checks(bpf_dir: &Path) -> Vec<Check> {
         format!("{} on a bpf filesystem", root.display()),
         "mount -t bpf bpf /sys/fs/bpf (the daemon does this itself when it can)",
     ));
-    out.push(check("tcx", at_least(6, 6), format!("{ver}; TCX links need 6.6"), "upgrade the kernel to 6.6 or later"));
+    out.push(check(
+        "tcx",
+        at_least(6, 6),
+        format!("{ver}; TCX links need 6.6 (without them oncache attaches through clsact)"),
+        "nothing required: clsact is used; 6.6+ gives atomic, pinned TCX links",
+    ));
     out.push(check(
         "redirect_peer",
         at_least(5, 10),
@@ -142,7 +151,7 @@ fn vxlan_works() -> bool {
             return false;
         }
         std::process::Command::new("ip")
-            .args(["link", "add", "probe0", "type", "vxlan", "id", "1", "dstport", "4789"])
+            .args(["link", "add", "probe0", "type", "vxlan", "id", "1", "dstport", &oncache_common::VXLAN_PORT.to_string()])
             .output()
             .is_ok_and(|o| o.status.success())
     })
@@ -150,7 +159,8 @@ fn vxlan_works() -> bool {
     .unwrap_or(false)
 }
 
-/// The checks whose failure rules the fast path out; empty when it can run.
+/// The checks whose failure rules the fast path out; empty when it can run (TCX is optional:
+/// clsact stands in for it).
 pub fn missing(bpf_dir: &Path) -> Vec<Check> {
-    checks(bpf_dir).into_iter().filter(|c| !c.ok).collect()
+    checks(bpf_dir).into_iter().filter(|c| !c.ok && c.name != "tcx").collect()
 }

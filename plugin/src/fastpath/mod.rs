@@ -12,8 +12,8 @@ pub mod maps;
 
 use anyhow::{anyhow, Context, Result};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::tc::TcAttachOptions;
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::programs::tc::{qdisc_add_clsact, NlOptions, SchedClassifierLink, TcAttachOptions};
+use aya::programs::{Link, LinkOrder, SchedClassifier, TcAttachType, TcHandle};
 use aya::{Ebpf, EbpfLoader};
 use oncache_common as c;
 use std::path::{Path, PathBuf};
@@ -44,10 +44,36 @@ impl Hook {
     }
 }
 
+/// How programs are attached: TCX links (kernel 6.6+, pinned, replaced atomically) or, on
+/// older kernels, cls_bpf filters on a clsact qdisc (replaced in place by priority/handle).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    Tcx,
+    Clsact,
+}
+
+impl AttachMode {
+    /// TCX where the kernel has it.
+    pub fn detect() -> AttachMode {
+        if features::kernel_at_least(6, 6) {
+            AttachMode::Tcx
+        } else {
+            AttachMode::Clsact
+        }
+    }
+}
+
+/// oncache's cls_bpf filter slot on each hook (clsact mode): one fixed priority and handle,
+/// so a restart finds and replaces its own filter instead of stacking a second one.
+const CLSACT_PRIORITY: u16 = 0x4f43;
+const CLSACT_HANDLE: TcHandle = TcHandle::new(0, 0x4f43);
+
 pub struct FastPath {
     ebpf: Ebpf,
     pub maps: Maps,
     dir: PathBuf,
+    pub mode: AttachMode,
 }
 
 fn pin_dirs(dir: &Path) -> [PathBuf; 3] {
@@ -56,7 +82,7 @@ fn pin_dirs(dir: &Path) -> [PathBuf; 3] {
 
 impl FastPath {
     /// Loads (or adopts) the fast path and attaches the underlay programs.
-    pub fn start(dir: &Path, cfg: c::Config, underlay: &str) -> Result<FastPath> {
+    pub fn start(dir: &Path, cfg: c::Config, underlay: &str, mode: AttachMode) -> Result<FastPath> {
         features::ensure_bpffs(dir)?;
         for d in pin_dirs(dir) {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
@@ -76,7 +102,7 @@ impl FastPath {
         }
         let mut maps = Maps::take(&mut ebpf)?;
         maps.set_config(cfg)?;
-        let mut fp = FastPath { ebpf, maps, dir: dir.to_path_buf() };
+        let mut fp = FastPath { ebpf, maps, dir: dir.to_path_buf(), mode };
         fp.attach(c::PROG_INGRESS_FAST, underlay, Hook::Ingress)?;
         fp.attach(c::PROG_EGRESS_LEARN, underlay, Hook::Egress)?;
         Ok(fp)
@@ -88,9 +114,17 @@ impl FastPath {
         self.dir.join("links").join(format!("{}:{}", ifname.replace('.', ":"), hook.name()))
     }
 
-    /// Attaches `prog` to a hook of `ifname` through a pinned TCX link, replacing the program
-    /// of an existing pinned link in place (no window without a program).
+    /// Attaches `prog` to a hook of `ifname`, replacing an earlier oncache program there in
+    /// place: there is never a window without a program.
     fn attach(&mut self, prog: &str, ifname: &str, hook: Hook) -> Result<()> {
+        match self.mode {
+            AttachMode::Tcx => self.attach_tcx(prog, ifname, hook),
+            AttachMode::Clsact => self.attach_clsact(prog, ifname, hook),
+        }
+    }
+
+    /// Through a pinned TCX link; an existing pinned link gets the new program atomically.
+    fn attach_tcx(&mut self, prog: &str, ifname: &str, hook: Hook) -> Result<()> {
         let pin = self.link_pin(ifname, hook);
         let p = classifier(&mut self.ebpf, prog)?;
         let fresh = |p: &mut SchedClassifier| {
@@ -117,10 +151,32 @@ impl FastPath {
         Ok(())
     }
 
-    /// Removes the pinned links of an interface, which detaches the programs.
+    /// Through oncache's cls_bpf filter slot: replaced when present, created otherwise. The
+    /// filter belongs to the interface, so the link object is let go without detaching.
+    fn attach_clsact(&mut self, prog: &str, ifname: &str, hook: Hook) -> Result<()> {
+        // Fails harmlessly when the qdisc exists.
+        let _ = qdisc_add_clsact(ifname);
+        let p = classifier(&mut self.ebpf, prog)?;
+        let existing = SchedClassifierLink::attached(ifname, hook.tc(), CLSACT_PRIORITY, CLSACT_HANDLE, None)?;
+        let id = match p.attach_to_link(existing) {
+            Ok(id) => id,
+            Err(_) => {
+                let opts = NlOptions { priority: CLSACT_PRIORITY, handle: CLSACT_HANDLE, ..Default::default() };
+                p.attach_with_options(ifname, hook.tc(), TcAttachOptions::Netlink(opts))
+                    .with_context(|| format!("attaching {prog} to {ifname} {} (clsact)", hook.name()))?
+            }
+        };
+        std::mem::forget(p.take_link(id)?);
+        Ok(())
+    }
+
+    /// Takes oncache's programs off an interface (which may be gone already).
     fn detach(&self, ifname: &str) -> Result<()> {
         for hook in [Hook::Ingress, Hook::Egress] {
             remove_pin(&self.link_pin(ifname, hook))?;
+            if self.mode == AttachMode::Clsact {
+                detach_clsact(ifname, hook);
+            }
         }
         Ok(())
     }
@@ -159,6 +215,13 @@ impl FastPath {
     }
 }
 
+/// Removes oncache's cls_bpf filter from a hook, if there is one.
+fn detach_clsact(ifname: &str, hook: Hook) {
+    if let Ok(l) = SchedClassifierLink::attached(ifname, hook.tc(), CLSACT_PRIORITY, CLSACT_HANDLE, None) {
+        let _ = l.detach();
+    }
+}
+
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
     let p = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
     Ok(p.try_into()?)
@@ -181,8 +244,14 @@ fn remove_pin(p: &Path) -> Result<()> {
     }
 }
 
-/// Removes every pin under `dir` (links first, which detaches the programs), then the folder.
-pub fn uninstall(dir: &Path) -> Result<usize> {
+/// Removes every pin under `dir` (links first, which detaches TCX programs), then the folder;
+/// and oncache's clsact filters from the given interfaces.
+pub fn uninstall(dir: &Path, interfaces: &[String]) -> Result<usize> {
+    for i in interfaces {
+        for hook in [Hook::Ingress, Hook::Egress] {
+            detach_clsact(i, hook);
+        }
+    }
     let mut n = 0;
     for d in pin_dirs(dir).iter().rev() {
         let Ok(entries) = std::fs::read_dir(d) else { continue };

@@ -438,3 +438,69 @@ fn networks_with_the_same_subnet_stay_isolated() {
     drop(boxes);
     lab.finish();
 }
+
+/// A packet too large for the underlay without GSO is not pushed through the fast path, and a
+/// TCP RST ends the flow's entry like a FIN.
+#[test]
+fn oversize_packets_and_rst_leave_the_fast_path() {
+    let lab = overlay(2, &[]);
+    let (h0, h1) = (lab.host(0), lab.host(1));
+    let (pa, a) = start(h0, "ca", &[]);
+    let (pb, _) = start(h1, "cb", &[]);
+    let _echo = Echo::start(&pa, 7007, "");
+    let client = udp_client(&pb, 0);
+    exchange(&client, a, 7007, 50, 100).unwrap();
+
+    // Raise cb's MTU beyond what the underlay carries once encapsulated (1500 - 50), as a
+    // misconfigured container could, and send a 1480-byte datagram (outer packet 1530 bytes).
+    let veth = h1.sh("ip -o link | grep -o 'ocve[0-9a-f]*' | head -1");
+    h1.sh(&format!("ip link set {} mtu 1500", veth.trim()));
+    support::traffic::in_netns(&pb, || {
+        assert!(std::process::Command::new("ip").args(["link", "set", "eth0", "mtu", "1500"]).status().unwrap().success());
+    })
+    .join()
+    .unwrap();
+    let before = stats(h1);
+    for _ in 0..3 {
+        client.send_to(&[1u8; 1480 - 28], (a, 7007)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let after = stats(h1);
+    assert_eq!(counter(&after, "egress_fast", "hits"), counter(&before, "egress_fast", "hits"), "oversize packets took the fast path");
+    assert!(counter(&after, "egress_fast", "rejected") >= counter(&before, "egress_fast", "rejected") + 3, "{after}");
+
+    // RST: a connection on the fast path, then an abortive close.
+    let l = support::traffic::in_netns(&pa, || std::net::TcpListener::bind(("0.0.0.0", 5002)).unwrap()).join().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = std::io::Read::read(&mut s, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            let _ = std::io::Write::write_all(&mut s, &buf[..n]);
+        }
+    });
+    let mut c = support::traffic::in_netns(&pb, move || std::net::TcpStream::connect((a, 5002)).unwrap()).join().unwrap();
+    let mut buf = [0u8; 100];
+    for _ in 0..200 {
+        std::io::Write::write_all(&mut c, &[7u8; 100]).unwrap();
+        std::io::Read::read_exact(&mut c, &mut buf).unwrap();
+    }
+    let port = c.local_addr().unwrap().port();
+    let admitted = |h: &Host| flows(&cache(h), "tcp").iter().any(|f| f["remote"].as_str().unwrap().ends_with(&format!(":{port}")) || f["local"].as_str().unwrap().ends_with(&format!(":{port}")));
+    assert!(admitted(h1), "connection not admitted: {}", cache(h1));
+    // SO_LINGER 0: close sends RST.
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setting SO_LINGER on a socket we own.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        libc::setsockopt(c.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &linger as *const _ as *const libc::c_void, std::mem::size_of::<libc::linger>() as u32);
+    }
+    drop(c);
+    server.join().unwrap();
+    for h in [h0, h1] {
+        lab::wait_for("the RST to end the flow", Duration::from_secs(5), || (!admitted(h)).then_some(()));
+    }
+    lab.finish();
+}

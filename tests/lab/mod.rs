@@ -1150,31 +1150,15 @@ exec {dockerd}
                 Err(e) => errs.push(format!("{}: listing containers: {e}", self.name)),
             }
         }
-        if let Some(mut c) = self.dockerd.take() {
-            if terminate(&mut c, DOCKERD_STOP_GRACE).is_none() {
-                errs.push(format!(
-                    "{}: dockerd {} could not be reaped",
-                    self.name,
-                    c.id()
-                ));
-            }
-        }
-        if let Some(mut c) = self.oncache.take() {
-            if terminate(&mut c, PROCESS_STOP_GRACE).is_none() {
-                errs.push(format!(
-                    "{}: plugin {} could not be reaped",
-                    self.name,
-                    c.id()
-                ));
-            }
-        }
-        if let Some(mut c) = self.ns_holder.take() {
-            if terminate(&mut c, PROCESS_STOP_GRACE).is_none() {
-                errs.push(format!(
-                    "{}: namespace holder {} could not be reaped",
-                    self.name,
-                    c.id()
-                ));
+        for (what, slot, grace) in [
+            ("dockerd", &mut self.dockerd, DOCKERD_STOP_GRACE),
+            ("plugin", &mut self.oncache, PROCESS_STOP_GRACE),
+            ("namespace holder", &mut self.ns_holder, PROCESS_STOP_GRACE),
+        ] {
+            if let Some(mut c) = slot.take() {
+                if terminate(&mut c, grace).is_none() {
+                    errs.push(format!("{}: {what} {} could not be reaped", self.name, c.id()));
+                }
             }
         }
         // Managed plugins (cgroups outside the host's, see cleanup::plugin_ids).

@@ -18,6 +18,9 @@ if [ "${1:-}" = "--test" ]; then
     have iperf3 || need+=(iperf3)
     have sockperf || need+=(sockperf)
     have tcpdump || need+=(tcpdump)
+    have bpftool || need+=(bpftool)
+    # The benchmark turns its SVG chart into PNG.
+    have rsvg-convert || need+=(librsvg2-bin)
 fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "oncache: installing Debian packages: ${need[*]}"

@@ -7,3 +7,6 @@ cd "$(dirname "$0")/.."
 packaging/deps.sh --test
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo test --workspace --locked "$@"
+# The benchmark's short mode: it must keep running and keep taking the fast path (no speed is
+# asserted; the full run is `cargo bench -p oncache --bench netns`).
+cargo bench -p oncache --bench netns --locked -- --short

@@ -32,6 +32,9 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     lab.start_oncaches(&[]);
     let h = lab.host(0);
     let sock = h.oncache_socket();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!((meta.uid(), meta.permissions().mode() & 0o777), (0, 0o600), "socket must be root's only");
     let (code, v) = call(h, "NetworkDriver.CreateNetwork", create_network(500, "10.230.0.0/24"));
     assert_eq!((code, &v), (200, &json!({})));
     let snapshot = (status(h), oncache_links(h));

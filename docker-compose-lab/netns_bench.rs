@@ -27,11 +27,13 @@ struct Opts {
     rounds: usize,
     seconds: u32,
     out: Option<PathBuf>,
+    /// Measure one configuration only (for profiling it); prints its figures, writes nothing.
+    only: Option<String>,
 }
 
 fn opts() -> Opts {
     let default_out = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../docker-compose-lab/results"));
-    let mut o = Opts { rounds: 3, seconds: 5, out: Some(default_out) };
+    let mut o = Opts { rounds: 3, seconds: 5, out: Some(default_out), only: None };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -39,13 +41,17 @@ fn opts() -> Opts {
             "--rounds" => o.rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds N"),
             "--seconds" => o.seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds S"),
             "--out" => o.out = Some(PathBuf::from(it.next().expect("--out DIR"))),
+            "--only" => {
+                o.only = Some(it.next().expect("--only bare|overlay|slow|fast").clone());
+                o.out = None;
+            }
             "--short" => {
                 o.rounds = 1;
                 o.seconds = 1;
                 o.out = None;
             }
             "--bench" => {}
-            other => panic!("unknown argument {other}; use --rounds N --seconds S --short --out DIR"),
+            other => panic!("unknown argument {other}; use --rounds N --seconds S --short --out DIR --only CONFIG"),
         }
     }
     o
@@ -62,6 +68,14 @@ enum Config {
 const CONFIGS: [Config; 4] = [Config::Bare, Config::Overlay, Config::Slow, Config::Fast];
 
 impl Config {
+    fn short(self) -> &'static str {
+        match self {
+            Config::Bare => "bare",
+            Config::Overlay => "overlay",
+            Config::Slow => "slow",
+            Config::Fast => "fast",
+        }
+    }
     fn name(self) -> &'static str {
         match self {
             Config::Bare => "bare host",
@@ -82,7 +96,6 @@ impl Config {
 }
 
 struct Ends {
-    server: (usize, Option<&'static str>),
     client: (usize, Option<&'static str>),
     server_ip: String,
 }
@@ -183,9 +196,8 @@ fn setup() -> Lab {
 
 fn ends(lab: &Lab, c: Config) -> Ends {
     match c.containers() {
-        None => Ends { server: (0, None), client: (1, None), server_ip: lab.host(0).underlay_ip.to_string() },
+        None => Ends { client: (1, None), server_ip: lab.host(0).underlay_ip.to_string() },
         Some((server, client, net)) => Ends {
-            server: (0, Some(server)),
             client: (1, Some(client)),
             server_ip: lab.host(0).container_ip(server, net).to_string(),
         },
@@ -217,6 +229,9 @@ fn main() {
     let mut hits = [0u64; CONFIGS.len()];
     for round in 0..o.rounds {
         for (ci, c) in CONFIGS.iter().enumerate() {
+            if o.only.as_deref().is_some_and(|only| only != c.short()) {
+                continue;
+            }
             let e = ends(&lab, *c);
             let before = fast_hits(lab.host(0)) + fast_hits(lab.host(1));
             let r = &mut results[ci];
@@ -233,6 +248,14 @@ fn main() {
     }
 
     drop(bare_servers);
+    if let Some(only) = &o.only {
+        let ci = CONFIGS.iter().position(|c| c.short() == only).unwrap_or_else(|| panic!("--only {only}: no such configuration"));
+        for (mi, (name, unit, _)) in METRICS.iter().enumerate() {
+            println!("{name} ({unit}): {:.2}", median(&results[ci][mi]).0);
+        }
+        lab.finish();
+        return;
+    }
     let table = report(&o, &results, &hits);
     println!("\n{table}");
     if let Some(dir) = &o.out {

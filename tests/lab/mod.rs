@@ -179,7 +179,14 @@ impl Lab {
         let sw = lab.switch_netns.clone();
         ip(&["netns", "add", &sw]);
         ip(&["-n", &sw, "link", "set", "lo", "up"]);
+        // A switch, not a host: its frames must not cross netfilter and conntrack (they would
+        // if br_netfilter's default applied to it), or every configuration pays for them.
         ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
+        for t in ["iptables", "ip6tables", "arptables"] {
+            let path = format!("/proc/sys/net/bridge/bridge-nf-call-{t}");
+            run_ok(Command::new("nsenter").arg(format!("--net=/run/netns/{sw}")).args(["sh", "-c", &format!("echo 0 > {path}")]), CMD_TIMEOUT)
+                .unwrap_or_else(|e| panic!("{sw}: {path}: {e}"));
+        }
         ip(&["-n", &sw, "link", "set", "br0", "up"]);
         for i in 0..n_hosts {
             lab.add_host(i);

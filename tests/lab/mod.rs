@@ -75,6 +75,11 @@ pub use process::{try_wait_for, wait_for};
 
 use process::{describe_status, fmt_output, run, run_ok, tail_file, terminate};
 
+/// Opens a log file for appending (several starts of a process share one log).
+fn append_log(path: &Path) -> fs::File {
+    fs::OpenOptions::new().create(true).append(true).open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// How long dockerd may take to answer `/_ping` after start (2 cores, several labs at once).
 pub const DOCKERD_START_TIMEOUT: Duration = Duration::from_secs(45);
 /// How long the plugin may take to answer `Plugin.Activate` after start.
@@ -600,11 +605,7 @@ exec sleep 2147483647
         let script_path = d.join("hold-namespaces.sh");
         fs::write(&script_path, script).expect("write hold-namespaces.sh");
         let log_path = self.dockerd_log_path();
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .unwrap_or_else(|e| panic!("{}: {e}", log_path.display()));
+        let log = append_log(&log_path);
         let mut c = Command::new("nsenter");
         c.arg(format!("--net={}", self.netns_path()))
             .args([
@@ -710,11 +711,7 @@ exec {dockerd}
         fs::write(&script_path, script).expect("write start-dockerd.sh");
 
         let log_path = self.dockerd_log_path();
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .unwrap_or_else(|e| panic!("{}: {e}", log_path.display()));
+        let log = append_log(&log_path);
         let mut c = Command::new("nsenter");
         c.arg(format!("--net={}", self.netns_path()))
             .arg(format!("--mount=/proc/{holder}/ns/mnt"))
@@ -990,11 +987,7 @@ exec {dockerd}
         let spec = self.oncache_cmd.clone().expect("no plugin command");
         let procs = cleanup::tracker_procs(&self.name, "oncache").unwrap_or_else(|e| panic!("{e}"));
         let log_path = self.oncache_log_path();
-        let mut log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .unwrap_or_else(|e| panic!("{}: {e}", log_path.display()));
+        let mut log = append_log(&log_path);
         {
             use std::io::Write;
             let _ = writeln!(

@@ -169,3 +169,29 @@ fn uninstall_leaves_nothing() {
     assert!(!ingress.contains("oncache"), "{ingress}");
     lab.finish();
 }
+
+/// A container whose veth vanished while the daemon was down (no Leave reached oncache) leaves
+/// no delivery entry or flow behind once the daemon is back.
+#[test]
+fn restart_purges_entries_of_vanished_endpoints() {
+    let mut lab = overlay(&[]);
+    let (pa, a) = (netns_of(lab.host(0).container_pid("ca")), lab.host(0).container_ip("ca", "ov"));
+    let (pb, b) = (netns_of(lab.host(1).container_pid("cb")), lab.host(1).container_ip("cb", "ov"));
+    let _echo = Echo::start(&pa, 7102, "");
+    let client = udp_client(&pb, 0);
+    exchange(&client, a, 7102, 100, 100).unwrap();
+    let bs = b.to_string();
+    let mentions_b = |c: &serde_json::Value| c.to_string().contains(&format!("\"{bs}\"")) || c.to_string().contains(&format!("{bs}:"));
+    assert!(mentions_b(&cache(lab.host(1))), "{}", cache(lab.host(1)));
+
+    lab.host_mut(1).stop_oncache();
+    let veth = lab.host(1).sh("ip -o link | grep -o 'ocve[0-9a-f]*' | head -1");
+    lab.host(1).sh(&format!("ip link del {}", veth.trim()));
+    let ip0 = lab.host(0).underlay_ip.to_string();
+    lab.host_mut(1).start_oncache(&["--peer", &ip0]);
+    let c = cache(lab.host(1));
+    assert!(!mentions_b(&c), "entries of a vanished endpoint survived the restart: {c}");
+    let links = lab.host(1).sh(&format!("ls {}/links", lab.host(1).bpf_dir.display()));
+    assert!(!links.contains(veth.trim()), "link pins of a vanished veth: {links}");
+    lab.finish();
+}

@@ -70,9 +70,15 @@ impl Maps {
         remove_where::<u32, c::EndpointInfo>(&mut self.endpoints, |k, _| *k == ifindex).map(|_| ())
     }
 
-    /// Endpoints whose veth is not in `live` (ifindexes) go.
+    /// Endpoints whose veth is not in `live` (ifindexes) go, with the delivery entries that
+    /// point at such veths and the flows of addresses no live endpoint has: what a container
+    /// that left while the daemon was down leaves behind.
     pub fn retain_endpoints(&mut self, live: &[u32]) -> Result<usize> {
-        remove_where::<u32, c::EndpointInfo>(&mut self.endpoints, |k, _| !live.contains(k))
+        let n = remove_where::<u32, c::EndpointInfo>(&mut self.endpoints, |k, _| !live.contains(k))?
+            + remove_where::<c::VniIp, c::IngressEntry>(&mut self.ingress, |_, v| !live.contains(&v.ifindex))?;
+        let local: Vec<(u32, [u8; 4])> =
+            entries::<u32, c::EndpointInfo>(&mut self.endpoints)?.into_iter().map(|(_, e)| (e.vni, e.ip)).collect();
+        Ok(n + remove_where::<c::FlowKey, u32>(&mut self.filter, |k, _| !local.contains(&(k.vni, k.local_ip)))?)
     }
 
     /// Makes the fast-path network set exactly `vnis`, purging what was learned in others.

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Runs the whole oncache test suite: unit tests, and integration tests against the real kernel
-# and real dockerds in network namespaces the tests create and remove. Run as root.
+# and real dockerds in network namespaces the tests create and remove; then the benchmark's
+# short mode. Run as root. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "the tests create network namespaces and dockerds: run as root" >&2; exit 1; }
 packaging/deps.sh --test
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo test --workspace --locked "$@"
-# The benchmark's short mode: it must keep running and keep taking the fast path (no speed is
-# asserted; the full run is `cargo bench -p oncache --bench netns`).
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+# The benchmark must keep running and keep taking the fast path (no speed is asserted; the
+# full run is `cargo bench -p oncache --bench netns`).
 cargo bench -p oncache --bench netns --locked -- --short
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

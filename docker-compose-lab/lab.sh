@@ -1,0 +1,67 @@
+#!/bin/sh
+# Drive the oncache compose lab (run from anywhere; uses the docker-compose.yml next to it).
+#
+#   lab.sh build                      build the node image (node/build-image.sh)
+#   lab.sh up                         docker-compose up -d, wait for the nodes, form the Swarm
+#   lab.sh swarm                      (re)form the Swarm: node1 manager, node2/3 workers
+#   lab.sh net NAME VNI SUBNET [docker network create flags...]
+#                                     oncache network on all nodes: same VNI and /24 subnet,
+#                                     ip-range .64/26 on node1, .128/26 on node2, .192/26 on node3
+#   lab.sh rmnet NAME                 remove it on all nodes
+#   lab.sh exec NODE CMD...           docker-compose exec -T NODE CMD...
+#   lab.sh check                      end-to-end check (oncache + Docker overlay), see README
+#   lab.sh down                       docker-compose down -v (removes containers, network, volumes)
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$here"
+NODES="node1 node2 node3"
+dc() { docker-compose "$@"; }
+x() { n=$1; shift; dc exec -T "$n" "$@"; }
+ip_of() { case $1 in node1) echo 10.98.0.11;; node2) echo 10.98.0.12;; node3) echo 10.98.0.13;; esac; }
+
+wait_ready() {
+    for n in $NODES; do
+        i=0
+        until x "$n" test -e /run/lab-ready 2>/dev/null; do
+            i=$((i+1)); [ $i -lt 120 ] || { echo "$n not ready" >&2; dc logs "$n" >&2; exit 1; }
+            sleep 0.5
+        done
+    done
+}
+
+swarm() {
+    x node1 docker swarm leave --force >/dev/null 2>&1 || true
+    x node1 docker swarm init --advertise-addr 10.98.0.11 --listen-addr 10.98.0.11:2377 >/dev/null
+    token=$(x node1 docker swarm join-token -q worker | tr -d '\r')
+    for n in node2 node3; do
+        x "$n" docker swarm leave --force >/dev/null 2>&1 || true
+        x "$n" docker swarm join --advertise-addr "$(ip_of "$n")" --token "$token" 10.98.0.11:2377 >/dev/null
+    done
+    x node1 docker node ls
+}
+
+net() {
+    name=$1; vni=$2; subnet=$3; shift 3
+    case $subnet in *.0/24) ;; *) echo "lab.sh net: SUBNET must be a /24 (a.b.c.0/24)" >&2; exit 2;; esac
+    p=${subnet%.0/24}
+    i=0
+    for n in $NODES; do
+        i=$((i+1))
+        x "$n" docker network create -d oncache -o oncache.vni="$vni" --subnet "$subnet" \
+            --ip-range "$p.$((i*64))/26" "$@" "$name" >/dev/null
+        echo "$n: $name vni=$vni range $p.$((i*64))/26"
+    done
+}
+
+cmd=${1:-help}; [ $# -gt 0 ] && shift
+case $cmd in
+    build) exec "$here/node/build-image.sh" ;;
+    up) dc up -d; wait_ready; swarm ;;
+    swarm) swarm ;;
+    net) net "$@" ;;
+    rmnet) for n in $NODES; do x "$n" docker network rm "$1"; done ;;
+    exec) x "$@" ;;
+    check) exec "$here/check.sh" ;;
+    down) dc down -v --remove-orphans ;;
+    *) sed -n '2,16p' "$0"; exit 2 ;;
+esac

@@ -1,0 +1,59 @@
+#!/bin/sh
+# Entrypoint (PID 1) of an oncache lab node: its own dockerd and `oncache daemon`.
+#   PEERS="10.98.0.12 10.98.0.13"   underlay addresses of the other nodes (oncache --peer)
+#   DOCKERD_ARGS                    extra dockerd flags (default: --storage-driver=overlay2)
+# On SIGTERM/SIGINT it stops dockerd, then oncache, by PID, and exits.
+set -u
+log() { echo "entrypoint: $*" >&2; }
+
+# Not privileged (see docker-compose.yml): /sys and the cgroup v1 tree come read-only.
+mount -o remount,rw /sys 2>/dev/null || log "cannot remount /sys rw"
+mount -o remount,bind,rw /proc/sys 2>/dev/null || log "cannot remount /proc/sys rw"
+for d in /sys/fs/cgroup /sys/fs/cgroup/*; do
+    mountpoint -q "$d" && { mount -o remount,bind,rw "$d" 2>/dev/null || log "cannot remount $d rw"; }
+done
+
+# Own bpffs instance: this node's pins are invisible to the machine and the other nodes.
+mkdir -p /sys/fs/bpf
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || log "cannot mount bpffs (fast path off)"
+mkdir -p /run/docker/plugins /var/lib/docker /var/lib/oncache
+
+peer_args=""
+for p in ${PEERS:-}; do peer_args="$peer_args --peer $p"; done
+# shellcheck disable=SC2086
+oncache daemon $peer_args >/var/log/oncache.log 2>&1 &
+ONCACHE_PID=$!
+
+# shellcheck disable=SC2086
+dockerd ${DOCKERD_ARGS:---storage-driver=overlay2} >/var/log/dockerd.log 2>&1 &
+DOCKERD_PID=$!
+
+stop() {
+    log "stopping dockerd ($DOCKERD_PID) and oncache ($ONCACHE_PID)"
+    kill -TERM "$DOCKERD_PID" 2>/dev/null
+    i=0; while kill -0 "$DOCKERD_PID" 2>/dev/null && [ $i -lt 40 ]; do sleep 0.25; i=$((i+1)); done
+    kill -TERM "$ONCACHE_PID" 2>/dev/null
+    i=0; while kill -0 "$ONCACHE_PID" 2>/dev/null && [ $i -lt 40 ]; do sleep 0.25; i=$((i+1)); done
+    exit 0
+}
+trap stop TERM INT
+
+i=0
+until docker info >/dev/null 2>&1; do
+    i=$((i+1))
+    if [ $i -gt 120 ] || ! kill -0 "$DOCKERD_PID" 2>/dev/null; then
+        log "dockerd did not come up:"; tail -20 /var/log/dockerd.log >&2; break
+    fi
+    sleep 0.5
+done
+docker import /opt/lab/oncache-test.tar oncache-test:latest >/dev/null && log "imported oncache-test:latest"
+touch /run/lab-ready
+log "ready"
+
+# Wait for a signal or for either daemon to die; `wait` returns early when a trapped signal comes.
+while kill -0 "$DOCKERD_PID" 2>/dev/null && kill -0 "$ONCACHE_PID" 2>/dev/null; do
+    sleep 1 &
+    wait $!
+done
+log "a daemon exited"; tail -5 /var/log/dockerd.log /var/log/oncache.log >&2
+stop

@@ -21,6 +21,9 @@ if [ "${1:-}" = "--test" ]; then
     have bpftool || need+=(bpftool)
     # The benchmark turns its SVG chart into PNG.
     have rsvg-convert || need+=(librsvg2-bin)
+    # The docker-compose lab: Debian's docker-compose, and debootstrap for its node image.
+    have docker-compose || need+=(docker-compose)
+    have debootstrap || need+=(debootstrap)
 fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "oncache: installing Debian packages: ${need[*]}"

@@ -10,7 +10,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"
-# The benchmark must keep running and keep taking the fast path (no speed is asserted; the
-# full run is `cargo bench -p oncache --bench netns`).
-cargo bench -p oncache --bench netns --locked -- --short
+# The benchmark must keep running on both labs and keep taking the fast path (no speed is
+# asserted; the full run is `cargo bench -p oncache --bench lab`).
+cargo bench -p oncache --bench lab --locked -- --lab netns --short
+cargo bench -p oncache --bench lab --locked -- --lab compose --short
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

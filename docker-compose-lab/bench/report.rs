@@ -1,0 +1,90 @@
+//! The benchmark's outputs: a markdown table of medians (min–max) with ratios, and a chart of
+//! each metric relative to bare host (SVG, turned into PNG by rsvg-convert).
+
+use crate::{Opts, CONFIGS, METRICS};
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Median, min and max of one cell's rounds.
+pub fn median(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    (s[s.len() / 2], s[0], s[s.len() - 1])
+}
+
+/// Metrics the testbed could measure (per-node CPU is NaN where hosts are not cgroups).
+fn measured(results: &[Vec<Vec<f64>>]) -> impl Iterator<Item = usize> + '_ {
+    (0..METRICS.len()).filter(|&mi| results.iter().all(|r| r[mi].iter().all(|v| v.is_finite())))
+}
+
+pub fn table(o: &Opts, testbed: &str, results: &[Vec<Vec<f64>>], hits: &[u64]) -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_string()))
+        .unwrap_or_default();
+    let date = String::from_utf8_lossy(&std::process::Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output().unwrap().stdout).trim().to_string();
+    let mut t = String::new();
+    writeln!(t, "{testbed}; {} rounds x {} s, interleaved; kernel {}; {cpus} CPUs ({cpu_model}); {date}\n", o.rounds, o.seconds, kernel.trim()).unwrap();
+    write!(t, "| metric |").unwrap();
+    for c in CONFIGS {
+        write!(t, " {} |", c.name()).unwrap();
+    }
+    writeln!(t, " fast/bare | fast/overlay | fast/slow |").unwrap();
+    writeln!(t, "|---|---|---|---|---|---|---|---|").unwrap();
+    for mi in measured(results) {
+        let (name, unit, _) = METRICS[mi];
+        let cells: Vec<_> = (0..CONFIGS.len()).map(|ci| median(&results[ci][mi])).collect();
+        write!(t, "| {name} ({unit}) |").unwrap();
+        for (m, lo, hi) in &cells {
+            write!(t, " {m:.2} ({lo:.2}–{hi:.2}) |").unwrap();
+        }
+        let f = cells[3].0;
+        writeln!(t, " {:.2} | {:.2} | {:.2} |", f / cells[0].0, f / cells[1].0, f / cells[2].0).unwrap();
+    }
+    writeln!(t, "\nMedians (min–max). Ratios: fast path over the other configuration (above 1 is more for rates, slower for latency and CPU).").unwrap();
+    writeln!(t, "CPU per transaction: busy CPU time over the sockperf run divided by its transactions; \"machine\" is the whole machine's (both hosts share its CPUs; CPUs x elapsed time - idle time), a node's is its cgroup's CPU time (softirq work is charged to whatever task it interrupted, so the split between nodes is approximate).").unwrap();
+    writeln!(t, "Fast-path hits during each configuration: {}", CONFIGS.iter().zip(hits).map(|(c, h)| format!("{} {h}", c.name())).collect::<Vec<_>>().join(", ")).unwrap();
+    t
+}
+
+/// Writes `<stem>-latest.md`, `.svg` and (with rsvg-convert) `.png` into DIR.
+pub fn write(dir: &Path, stem: &str, table: &str, results: &[Vec<Vec<f64>>]) {
+    std::fs::create_dir_all(dir).expect("results folder");
+    let file = |ext: &str| dir.join(format!("{stem}-latest.{ext}"));
+    std::fs::write(file("md"), table).expect("write results");
+    std::fs::write(file("svg"), chart(results)).expect("write chart");
+    match std::process::Command::new("rsvg-convert").arg("-o").arg(file("png")).arg(file("svg")).status() {
+        Ok(s) if s.success() => eprintln!("wrote {} and its chart", file("md").display()),
+        _ => eprintln!("rsvg-convert (Debian librsvg2-bin) missing or failed: only the SVG chart was written"),
+    }
+}
+
+/// Grouped bars: each metric's medians relative to bare host (bare = 1).
+fn chart(results: &[Vec<Vec<f64>>]) -> String {
+    let rows: Vec<usize> = measured(results).collect();
+    let (w, row, left) = (960.0, 34.0, 320.0);
+    let h = 60.0 + row * rows.len() as f64 + 40.0;
+    let colors = ["#888888", "#d9822b", "#4a90d9", "#2ca02c"];
+    let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'><rect width='100%' height='100%' fill='white'/>");
+    write!(s, "<text x='10' y='20' font-size='14'>Relative to bare host (1.0 = bare); rates: higher is better, latency and CPU: lower is better</text>").unwrap();
+    let scale = (w - left - 60.0) / 2.0;
+    let x1 = left + scale;
+    write!(s, "<line x1='{x1}' y1='30' x2='{x1}' y2='{}' stroke='black' stroke-dasharray='4'/>", h - 40.0).unwrap();
+    for (ri, &mi) in rows.iter().enumerate() {
+        let y = 40.0 + row * ri as f64;
+        write!(s, "<text x='10' y='{}'>{}</text>", y + row / 2.0, METRICS[mi].0).unwrap();
+        let bare = median(&results[0][mi]).0.max(1e-9);
+        for (ci, color) in colors.iter().enumerate() {
+            let r = (median(&results[ci][mi]).0 / bare).min(2.0);
+            write!(s, "<rect x='{left}' y='{}' width='{:.1}' height='{:.1}' fill='{color}'/>", y + ci as f64 * row / 5.0, r * scale, row / 5.0 - 1.0).unwrap();
+        }
+    }
+    for (ci, (c, color)) in CONFIGS.iter().zip(colors).enumerate() {
+        let x = 10.0 + ci as f64 * 200.0;
+        write!(s, "<rect x='{x}' y='{}' width='12' height='12' fill='{color}'/><text x='{}' y='{}'>{}</text>", h - 25.0, x + 16.0, h - 14.0, c.name()).unwrap();
+    }
+    s.push_str("</svg>");
+    s
+}

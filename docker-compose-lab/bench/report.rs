@@ -54,26 +54,30 @@ pub fn write(dir: &Path, stem: &str, table: &str, results: &[Vec<Vec<f64>>]) {
     std::fs::create_dir_all(dir).expect("results folder");
     let file = |ext: &str| dir.join(format!("{stem}-latest.{ext}"));
     std::fs::write(file("md"), table).expect("write results");
-    std::fs::write(file("svg"), chart(results)).expect("write chart");
+    let heading = table.lines().next().unwrap_or_default();
+    std::fs::write(file("svg"), chart(heading, results)).expect("write chart");
     match std::process::Command::new("rsvg-convert").arg("-o").arg(file("png")).arg(file("svg")).status() {
         Ok(s) if s.success() => eprintln!("wrote {} and its chart", file("md").display()),
         _ => eprintln!("rsvg-convert (Debian librsvg2-bin) missing or failed: only the SVG chart was written"),
     }
 }
 
-/// Grouped bars: each metric's medians relative to bare host (bare = 1).
-fn chart(results: &[Vec<Vec<f64>>]) -> String {
+/// Grouped bars: each metric's medians relative to bare host (bare = 1), under the table's
+/// heading (lab, rounds, kernel, CPUs, date).
+fn chart(heading: &str, results: &[Vec<Vec<f64>>]) -> String {
     let rows: Vec<usize> = measured(results).collect();
     let (w, row, left) = (960.0, 34.0, 320.0);
-    let h = 60.0 + row * rows.len() as f64 + 40.0;
+    let h = 80.0 + row * rows.len() as f64 + 40.0;
     let colors = ["#888888", "#d9822b", "#4a90d9", "#2ca02c"];
     let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'><rect width='100%' height='100%' fill='white'/>");
-    write!(s, "<text x='10' y='20' font-size='14'>Relative to bare host (1.0 = bare); rates: higher is better, latency and CPU: lower is better</text>").unwrap();
+    let heading = heading.replace('&', "&amp;").replace('<', "&lt;");
+    write!(s, "<text x='10' y='20' font-size='13'>{heading}</text>").unwrap();
+    write!(s, "<text x='10' y='40' font-size='14'>Relative to bare host (1.0 = bare); rates: higher is better, latency and CPU: lower is better</text>").unwrap();
     let scale = (w - left - 60.0) / 2.0;
     let x1 = left + scale;
-    write!(s, "<line x1='{x1}' y1='30' x2='{x1}' y2='{}' stroke='black' stroke-dasharray='4'/>", h - 40.0).unwrap();
+    write!(s, "<line x1='{x1}' y1='50' x2='{x1}' y2='{}' stroke='black' stroke-dasharray='4'/>", h - 40.0).unwrap();
     for (ri, &mi) in rows.iter().enumerate() {
-        let y = 40.0 + row * ri as f64;
+        let y = 60.0 + row * ri as f64;
         write!(s, "<text x='10' y='{}'>{}</text>", y + row / 2.0, METRICS[mi].0).unwrap();
         let bare = median(&results[0][mi]).0.max(1e-9);
         for (ci, color) in colors.iter().enumerate() {

@@ -2,8 +2,9 @@
 # Drive the oncache compose lab (run from anywhere; uses the docker-compose.yml next to it).
 #
 #   lab.sh build                      build the node image (node/build-image.sh)
-#   lab.sh up                         docker-compose up -d, wait for the nodes, form the Swarm
-#   lab.sh swarm                      (re)form the Swarm: node1 manager, node2/3 workers
+#   lab.sh up                         docker-compose up -d, wait until the nodes are up and in the
+#                                     Swarm (their entrypoints form it: node1 manager, node2/3 workers)
+#   lab.sh swarm                      form the Swarm anew (after a node was recreated, say)
 #   lab.sh net NAME VNI SUBNET [docker network create flags...]
 #                                     oncache network on all nodes: same VNI and /24 subnet,
 #                                     ip-range .64/26 on node1, .128/26 on node2, .192/26 on node3
@@ -40,6 +41,16 @@ swarm() {
     x node1 docker node ls
 }
 
+# Until node1 lists all three nodes Ready.
+wait_swarm() {
+    i=0
+    until [ "$(x node1 docker node ls --format '{{.Status}}' 2>/dev/null | grep -c Ready)" = 3 ]; do
+        i=$((i+1)); [ $i -lt 60 ] || { echo "the Swarm did not form" >&2; x node1 docker node ls >&2; exit 1; }
+        sleep 0.5
+    done
+    x node1 docker node ls
+}
+
 net() {
     name=$1; vni=$2; subnet=$3; shift 3
     case $subnet in *.0/24) ;; *) echo "lab.sh net: SUBNET must be a /24 (a.b.c.0/24)" >&2; exit 2;; esac
@@ -56,12 +67,12 @@ net() {
 cmd=${1:-help}; [ $# -gt 0 ] && shift
 case $cmd in
     build) exec "$here/node/build-image.sh" ;;
-    up) dc up -d; wait_ready; swarm ;;
+    up) dc up -d; wait_ready; wait_swarm ;;
     swarm) swarm ;;
     net) net "$@" ;;
     rmnet) for n in $NODES; do x "$n" docker network rm "$1"; done ;;
     exec) x "$@" ;;
     check) exec "$here/check.sh" ;;
     down) dc down -v --remove-orphans ;;
-    *) sed -n '2,16p' "$0"; exit 2 ;;
+    *) sed -n '2,14p' "$0"; exit 2 ;;
 esac

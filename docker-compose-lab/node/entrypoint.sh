@@ -1,8 +1,12 @@
 #!/bin/sh
 # Entrypoint (PID 1) of an oncache lab node: its own dockerd and `oncache daemon`.
+#   ADDR=10.98.0.11                 this node's underlay address
 #   PEERS="10.98.0.12 10.98.0.13"   underlay addresses of the other nodes (oncache --peer)
+#   SWARM=manager | SWARM=join:IP   init the Swarm here, or join the manager at IP (unset: neither)
 #   DOCKERD_ARGS                    extra dockerd flags (default: --storage-driver=overlay2)
-# On SIGTERM/SIGINT it stops dockerd, then oncache, by PID, and exits.
+# The manager serves its worker join token on ADDR:2378 (busybox httpd) for the workers to fetch:
+# no shared volume, so `docker-compose down` leaves nothing. /run/lab-ready marks a node that is
+# up and in the Swarm. On SIGTERM/SIGINT it stops dockerd, then oncache, by PID, and exits.
 set -u
 log() { echo "entrypoint: $*" >&2; }
 
@@ -28,7 +32,9 @@ ONCACHE_PID=$!
 dockerd ${DOCKERD_ARGS:---storage-driver=overlay2} >/var/log/dockerd.log 2>&1 &
 DOCKERD_PID=$!
 
+TOKEN_PID=""
 stop() {
+    [ -n "$TOKEN_PID" ] && kill -TERM "$TOKEN_PID" 2>/dev/null
     log "stopping dockerd ($DOCKERD_PID) and oncache ($ONCACHE_PID)"
     kill -TERM "$DOCKERD_PID" 2>/dev/null
     i=0; while kill -0 "$DOCKERD_PID" 2>/dev/null && [ $i -lt 40 ]; do sleep 0.25; i=$((i+1)); done
@@ -47,6 +53,30 @@ until docker info >/dev/null 2>&1; do
     sleep 0.5
 done
 docker import /opt/lab/oncache-test.tar oncache-test:latest >/dev/null && log "imported oncache-test:latest"
+
+case ${SWARM:-} in
+    manager)
+        docker swarm init --advertise-addr "$ADDR" --listen-addr "$ADDR:2377" >/dev/null &&
+            mkdir -p /run/lab-swarm &&
+            docker swarm join-token -q worker > /run/lab-swarm/worker-token &&
+            log "Swarm manager at $ADDR:2377" || log "swarm init failed"
+        busybox httpd -f -p "$ADDR:2378" -h /run/lab-swarm &
+        TOKEN_PID=$!
+        ;;
+    join:*)
+        mgr=${SWARM#join:}
+        i=0
+        # The manager may still be starting, or be a new one since the last `up`: retry.
+        # (busybox nc, not busybox wget: Debian's static busybox wget segfaults here)
+        until token=$(printf 'GET /worker-token HTTP/1.0\r\n\r\n' | busybox nc "$mgr" 2378 2>/dev/null |
+            grep '^SWMTKN-' | tr -d '\r') && [ -n "$token" ] &&
+            docker swarm join --advertise-addr "$ADDR" --token "$token" "$mgr:2377" >/dev/null 2>&1; do
+            i=$((i+1)); [ $i -lt 120 ] || { log "could not join the Swarm at $mgr"; break; }
+            sleep 1
+        done
+        [ $i -lt 120 ] && log "joined the Swarm at $mgr"
+        ;;
+esac
 touch /run/lab-ready
 log "ready"
 

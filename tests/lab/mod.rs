@@ -584,6 +584,11 @@ mount -t sysfs sysfs /sys
 mount --rbind "$stash" /sys/fs/cgroup
 umount -l "$stash"
 rmdir "$stash"
+# libnetwork keeps load-balancer sandbox files (lb_<network>) under the fixed path
+# /var/lib/docker/network/files whatever --data-root says: give this host an empty private one,
+# so nothing of the lab is left in the machine's /var/lib/docker.
+mkdir -p /var/lib/docker
+mount -t tmpfs -o mode=0710 tmpfs /var/lib/docker
 # Private runtime state: own containerd (not a shared one), own engine ID (key.json), own plugins.
 mkdir -p /run/docker /run/containerd /etc/docker
 mount -t tmpfs -o mode=0711 tmpfs /run/docker

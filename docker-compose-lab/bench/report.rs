@@ -71,7 +71,7 @@ fn chart(heading: &str, results: &[Vec<Vec<f64>>]) -> String {
     let colors = ["#888888", "#d9822b", "#4a90d9", "#2ca02c"];
     let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'><rect width='100%' height='100%' fill='white'/>");
     let heading = heading.replace('&', "&amp;").replace('<', "&lt;");
-    write!(s, "<text x='10' y='20' font-size='13'>{heading}</text>").unwrap();
+    write!(s, "<text x='10' y='20' font-size='11'>{heading}</text>").unwrap();
     write!(s, "<text x='10' y='40' font-size='14'>Relative to bare host (1.0 = bare); rates: higher is better, latency and CPU: lower is better</text>").unwrap();
     let scale = (w - left - 60.0) / 2.0;
     let x1 = left + scale;

@@ -9,7 +9,7 @@ packaging/deps.sh --test
 export PATH="$HOME/.cargo/bin:$PATH"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log"
 # The benchmark must keep running on both labs and keep taking the fast path (no speed is
 # asserted; the full run is `cargo bench -p oncache --bench lab`).
 cargo bench -p oncache --bench lab --locked -- --lab netns --short

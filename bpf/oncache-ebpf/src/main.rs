@@ -102,12 +102,11 @@ fn egress_fast(ctx: &TcContext) -> i32 {
     let Some(ep) = (unsafe { ONC_ENDPOINTS.get(skb_ifindex(ctx)) }) else {
         return PASS;
     };
+    // No ONC_NETWORKS lookup here: user space enters only endpoints of fast-path networks in
+    // ONC_ENDPOINTS (driver::plug_fast), and removes them with their network.
     let Some(flow) = parse_flow(ctx, 0) else {
         return PASS;
     };
-    if !fast_path_network(ep.vni) {
-        return PASS;
-    }
     // Only what this endpoint may send goes through the cache.
     if !same(&flow.eth.src, &ep.mac) || !same(&flow.ip.src, &ep.ip) {
         return count(P, Counter::Rejected);

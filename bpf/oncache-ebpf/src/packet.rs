@@ -1,7 +1,8 @@
 //! Packet layouts, bounds-checked parsing and the outer header oncache writes.
 //!
-//! Headers are byte arrays (alignment 1, exact sizes) read with `bpf_skb_load_bytes`, which
-//! works whether or not the bytes sit in the linear part of the skb.
+//! Headers are byte arrays (alignment 1, exact sizes), read straight from the packet when they
+//! sit in the linear part of the skb (as the headers of locally built and of veth-forwarded
+//! packets do), else copied with `bpf_skb_load_bytes`, which works wherever the bytes are.
 
 use aya_ebpf::programs::TcContext;
 use oncache_common::{ENCAP_LEN, VXLAN_PORT};
@@ -136,20 +137,34 @@ pub struct Vxlan {
     pub vni: u32,
 }
 
+/// The `T` at `off`: direct packet access when it lies in the linear data (no helper call, no
+/// copy through the helper), `bpf_skb_load_bytes` otherwise.
+#[inline(always)]
+fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + off + core::mem::size_of::<T>() <= end {
+        // SAFETY: bounds checked against data_end just above (the verifier checks it too); T is
+        // a plain byte layout, read without alignment.
+        Some(unsafe { ((start + off) as *const T).read_unaligned() })
+    } else {
+        ctx.load(off).ok()
+    }
+}
+
 /// Parses an Ethernet + IPv4 (no options, not a fragment) + TCP/UDP frame at `off`.
 #[inline(always)]
 pub fn parse_flow(ctx: &TcContext, off: usize) -> Option<Flow> {
-    let h: EthIpv4 = ctx.load(off).ok()?;
+    let h: EthIpv4 = read(ctx, off)?;
     if h.eth.proto != ETH_P_IP || !plain_ipv4(&h.ip) {
         return None;
     }
     let l4 = off + ETH_LEN + IPV4_LEN;
     let tcp_flags = match h.ip.proto {
-        IPPROTO_TCP => ctx.load(l4 + TCP_FLAGS_OFF).ok()?,
+        IPPROTO_TCP => read(ctx, l4 + TCP_FLAGS_OFF)?,
         IPPROTO_UDP => 0,
         _ => return None,
     };
-    let ports: [u8; 4] = ctx.load(l4).ok()?;
+    let ports: [u8; 4] = read(ctx, l4)?;
     Some(Flow {
         eth: h.eth,
         ip: h.ip,
@@ -162,7 +177,7 @@ pub fn parse_flow(ctx: &TcContext, off: usize) -> Option<Flow> {
 /// Parses the outer headers of a VXLAN packet at offset 0.
 #[inline(always)]
 pub fn parse_vxlan(ctx: &TcContext) -> Option<Vxlan> {
-    let h: VxlanHdrs = ctx.load(0).ok()?;
+    let h: VxlanHdrs = read(ctx, 0)?;
     if h.eth.proto != ETH_P_IP
         || !plain_ipv4(&h.ip)
         || h.ip.proto != IPPROTO_UDP

@@ -34,7 +34,7 @@ pub fn table(o: &Opts, testbed: &str, results: &[Vec<Vec<f64>>], hits: &[u64]) -
     writeln!(t, " fast/bare | fast/overlay | fast/slow |").unwrap();
     writeln!(t, "|---|---|---|---|---|---|---|---|").unwrap();
     for mi in measured(results) {
-        let (name, unit, _) = METRICS[mi];
+        let (name, unit) = METRICS[mi];
         let cells: Vec<_> = (0..CONFIGS.len()).map(|ci| median(&results[ci][mi])).collect();
         write!(t, "| {name} ({unit}) |").unwrap();
         for (m, lo, hi) in &cells {

@@ -66,6 +66,19 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         ("NetworkDriver.Frobnicate", "{}".into(), 404, "unknown method"),
         ("Oncache.PeerAdd", json!({"Address": "nope"}).to_string(), 400, "invalid peer address"),
         ("Oncache.PeerAdd", json!({"Address": h.underlay_ip.to_string()}).to_string(), 500, "own underlay address"),
+        ("Oncache.PeerAdd", json!({"Address": "fd00::5"}).to_string(), 500, "IPv6, but the underlay ul0 is IPv4"),
+        // Every ID is checked before use: never a panic, never an empty or foreign link name.
+        ("NetworkDriver.Leave", json!({"NetworkID": NET, "EndpointID": "ééééééééééé"}).to_string(), 500, "invalid endpoint ID"),
+        ("NetworkDriver.DeleteEndpoint", json!({"NetworkID": NET, "EndpointID": "ééééééééééé"}).to_string(), 500, "invalid endpoint ID"),
+        ("NetworkDriver.Join", json!({"NetworkID": NET, "EndpointID": "ééééééééééé", "SandboxKey": "/x"}).to_string(), 500, "invalid endpoint ID"),
+        ("NetworkDriver.EndpointOperInfo", json!({"NetworkID": NET, "EndpointID": "é"}).to_string(), 500, "invalid endpoint ID"),
+        ("NetworkDriver.Leave", json!({"NetworkID": NET, "EndpointID": ""}).to_string(), 500, "missing endpoint ID"),
+        ("NetworkDriver.DeleteEndpoint", json!({"NetworkID": NET}).to_string(), 500, "missing endpoint ID"),
+        ("NetworkDriver.Join", "".into(), 500, "missing endpoint ID"),
+        ("NetworkDriver.EndpointOperInfo", "".into(), 500, "missing endpoint ID"),
+        ("NetworkDriver.DeleteNetwork", "".into(), 500, "missing network ID"),
+        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": "x/y"}).to_string(), 500, "invalid network ID"),
+        ("NetworkDriver.CreateEndpoint", json!({"NetworkID": "é", "EndpointID": EP}).to_string(), 500, "invalid network ID"),
     ];
     for (method, body, want_code, want) in &cases {
         let (code, text) = lab::post(&sock, &format!("/{method}"), body);
@@ -149,6 +162,122 @@ fn endpoint_calls_are_idempotent_and_restart_reconciles_the_kernel() {
     assert_eq!(call(h, "NetworkDriver.DeleteNetwork", json!({"NetworkID": NET})).0, 200);
     assert!(oncache_links(h).is_empty());
     assert!(status(h)["networks"].as_array().unwrap().is_empty());
+    lab.finish();
+}
+
+/// Every NetworkDriver call twice in a row answers the same and changes nothing the second
+/// time; an ID that is a prefix of a live endpoint's never touches that endpoint's links.
+#[test]
+fn every_call_repeats_and_no_id_stands_for_another() {
+    let mut lab = Lab::new(1);
+    lab.start_oncaches(&[]);
+    let h = lab.host(0);
+    let twice = |method: &str, body: Value| {
+        let first = call(h, method, body.clone());
+        assert_eq!(first.0, 200, "{method}: {}", first.1);
+        assert_eq!(call(h, method, body), first, "{method} repeated answers differently");
+        first.1
+    };
+    twice("NetworkDriver.CreateNetwork", create_network(610, "10.230.0.0/24"));
+    let ep = json!({"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": "10.230.0.5/24", "AddressIPv6": "", "MacAddress": ""}});
+    twice("NetworkDriver.CreateEndpoint", ep);
+    let join = json!({"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/var/run/docker/netns/0123", "Options": {}});
+    let first = call(h, "NetworkDriver.Join", join.clone());
+    assert_eq!(first.0, 200, "{}", first.1);
+    // dockerd moves the container end away (and renames it) after Join; a repeated Join must
+    // keep that interface, not make a new pair.
+    h.sh("ip link set ocvpe1e1e1e1e1e name ctr0eth");
+    let index = |l: &str| h.sh(&format!("ip -o link show dev {l} | cut -d: -f1")).trim().to_string();
+    let (host_end, ctr_end) = (index("ocvee1e1e1e1e1e"), index("ctr0eth"));
+    assert_eq!(call(h, "NetworkDriver.Join", join), first, "repeated Join answers differently");
+    assert_eq!((index("ocvee1e1e1e1e1e"), index("ctr0eth")), (host_end, ctr_end), "repeated Join replaced the veth pair");
+    assert_eq!(master_of(h, "ocvee1e1e1e1e1e").as_deref(), Some("ocbr610"));
+    let info = twice("NetworkDriver.EndpointOperInfo", json!({"NetworkID": NET, "EndpointID": EP}));
+    assert_eq!(info["Value"]["attached"], true, "{info}");
+    let conn = json!({"NetworkID": NET, "EndpointID": EP, "Options": {}});
+    twice("NetworkDriver.ProgramExternalConnectivity", conn.clone());
+    twice("NetworkDriver.RevokeExternalConnectivity", conn);
+    let node = json!({"DiscoveryType": 1, "DiscoveryData": {"Address": "10.99.251.7", "BindAddress": "10.99.251.7", "Self": false}});
+    twice("NetworkDriver.DiscoverNew", node.clone());
+    assert_eq!(cli(h, &["peer", "list"]).unwrap().trim(), "10.99.251.7");
+    twice("NetworkDriver.DiscoverDelete", node);
+    assert_eq!(cli(h, &["peer", "list"]).unwrap().trim(), "");
+
+    // Another endpoint's ID prefix: refused where it would share links, harmless elsewhere.
+    let prefix = &EP[..11];
+    let links = oncache_links(h);
+    for m in ["NetworkDriver.Leave", "NetworkDriver.DeleteEndpoint"] {
+        assert_eq!(call(h, m, json!({"NetworkID": NET, "EndpointID": prefix})).0, 200, "{m}");
+        assert_eq!(oncache_links(h), links, "{m} of {prefix} touched endpoint {EP}'s links");
+    }
+    let twin = format!("{prefix}ff");
+    let (code, v) = call(h, "NetworkDriver.CreateEndpoint", json!({"NetworkID": NET, "EndpointID": twin, "Interface": {"Address": "10.230.0.6/24"}}));
+    assert_eq!(code, 500);
+    assert!(err_of(&v).contains("shares its first characters"), "{v}");
+    assert_eq!(status(h)["networks"][0]["endpoints"].as_array().unwrap().len(), 1);
+
+    twice("NetworkDriver.Leave", json!({"NetworkID": NET, "EndpointID": EP}));
+    assert_eq!(oncache_links(h), ["ocbr610", "ocvx610"], "Leave removes the pair wherever its ends are");
+    twice("NetworkDriver.DeleteEndpoint", json!({"NetworkID": NET, "EndpointID": EP}));
+    twice("NetworkDriver.DeleteNetwork", json!({"NetworkID": NET}));
+    assert!(oncache_links(h).is_empty());
+    lab.finish();
+}
+
+/// A peer the underlay cannot reach is refused and never stored; nothing else is disturbed.
+#[test]
+fn wrong_family_peer_is_refused_and_never_bricks() {
+    let mut lab = Lab::new(1);
+    lab.start_oncaches(&[]);
+    let h = lab.host(0);
+    let e = cli(h, &["peer", "add", "fd00::5"]).unwrap_err();
+    assert!(e.contains("fd00::5 is IPv6, but the underlay ul0 is IPv4"), "{e}");
+    assert_eq!(cli(h, &["peer", "list"]).unwrap().trim(), "");
+    cli(h, &["peer", "add", "10.99.252.3"]).unwrap();
+    let (code, v) = call(h, "NetworkDriver.CreateNetwork", create_network(620, "10.230.0.0/24"));
+    assert_eq!(code, 200, "{v}");
+    assert!(h.sh("bridge fdb show dev ocvx620").contains("dst 10.99.252.3"));
+    lab.host_mut(0).restart_oncache();
+    let h = lab.host(0);
+    assert_eq!(oncache_links(h), ["ocbr620", "ocvx620"]);
+    assert_eq!(call(h, "NetworkDriver.DeleteNetwork", json!({"NetworkID": NET})).0, 200);
+    lab.finish();
+}
+
+/// A CreateNetwork that dockerd never followed up leaves a network only oncache has: `oncache
+/// network ls` shows it as a ghost and `prune` removes it, VNI, subnet and links.
+#[test]
+fn ghost_networks_are_listed_and_pruned() {
+    let mut lab = Lab::new(1);
+    lab.start_dockerds();
+    lab.start_oncaches(&[]);
+    let h = lab.host(0);
+    h.docker(&["network", "create", "-d", "oncache", "-o", "oncache.vni=630", "--subnet", "10.231.0.0/24", "real"]);
+    let real = h.docker(&["network", "inspect", "-f", "{{.Id}}", "real"]).trim().to_string();
+    assert_eq!(call(h, "NetworkDriver.CreateNetwork", create_network(631, "10.230.0.0/24")).0, 200);
+    let docker_host = format!("DOCKER_HOST=unix://{}", h.docker_sock().display());
+    let sock = h.oncache_socket().display().to_string();
+    let oncache = |args: &str| h.try_sh(&format!("{docker_host} {BIN} network {args} --socket {sock}"));
+    let ls: Value = serde_json::from_str(&oncache("ls --json").unwrap()).unwrap();
+    let in_docker = |id: &str| ls.as_array().unwrap().iter().find(|n| n["id"] == id).map(|n| n["in_docker"].clone());
+    assert_eq!(in_docker(&real), Some(json!(true)), "{ls}");
+    assert_eq!(in_docker(NET), Some(json!(false)), "{ls}");
+    assert!(oncache("ls").unwrap().contains("no (ghost)"));
+    assert!(oncache("prune --dry-run").unwrap().contains(NET));
+    assert_eq!(oncache_links(h), ["ocbr630", "ocbr631", "ocvx630", "ocvx631"]);
+    assert!(oncache("prune").unwrap().contains(&format!("removed {NET}")));
+    assert_eq!(oncache_links(h), ["ocbr630", "ocvx630"]);
+    // Its VNI and subnet are free again.
+    assert_eq!(call(h, "NetworkDriver.CreateNetwork", create_network(631, "10.230.0.0/24")).0, 200);
+    assert!(oncache(&format!("rm {}", &NET[..6])).unwrap().contains("removed"));
+    // A network with a running container is kept unless forced.
+    h.run(&["--name", "c1", "--network", "real", lab::IMAGE, "sleep", "1d"]);
+    let e = oncache(&format!("rm {}", &real[..12])).unwrap_err();
+    assert!(e.contains("joined endpoint"), "{e}");
+    assert!(oncache("prune").unwrap().is_empty());
+    assert_eq!(oncache_links(h).iter().filter(|l| l.starts_with("ocbr")).count(), 1);
+    h.docker(&["rm", "-f", "c1"]);
+    h.docker(&["network", "rm", "real"]);
     lab.finish();
 }
 

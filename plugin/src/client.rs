@@ -1,19 +1,26 @@
-//! Calls the daemon's socket, for the CLI (and anything else that speaks the control API).
+//! HTTP over unix sockets for the CLI: the daemon's control API (and anything else that speaks
+//! it), and the few Docker Engine API reads the CLI needs.
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::Request;
+use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::{de::DeserializeOwned, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-pub async fn call<Req: Serialize, Resp: DeserializeOwned>(socket: &Path, method: &str, body: &Req) -> Result<Resp> {
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .with_context(|| format!("connecting to the oncache daemon at {} (is it running?)", socket.display()))?;
+/// One request on a fresh connection; returns the status and the body.
+async fn exchange(socket: &Path, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes)> {
+    let stream = tokio::net::UnixStream::connect(socket).await?;
     let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
+    let resp = tx.send_request(req).await?;
+    let status = resp.status();
+    Ok((status, resp.into_body().collect().await?.to_bytes()))
+}
+
+/// Calls the oncache daemon: `POST /<method>` with `body` as JSON.
+pub async fn call<Req: Serialize, Resp: DeserializeOwned>(socket: &Path, method: &str, body: &Req) -> Result<Resp> {
     let req = Request::post(format!("/{method}"))
         .header("Host", "oncache")
         .body(Full::new(Bytes::from(match serde_json::to_value(body)? {
@@ -21,9 +28,9 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(socket: &Path, method:
             serde_json::Value::Null => Vec::new(),
             v => serde_json::to_vec(&v)?,
         })))?;
-    let resp = tx.send_request(req).await?;
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await?.to_bytes();
+    let (status, bytes) = exchange(socket, req)
+        .await
+        .with_context(|| format!("connecting to the oncache daemon at {} (is it running?)", socket.display()))?;
     let v: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| anyhow!("{method}: unreadable answer ({status}): {e}"))?;
     if let Some(err) = v.get("Err").and_then(|e| e.as_str()).filter(|e| !e.is_empty()) {
@@ -33,4 +40,27 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(socket: &Path, method:
         bail!("{method}: HTTP {status}");
     }
     Ok(serde_json::from_value(v)?)
+}
+
+/// The Docker Engine socket named by `DOCKER_HOST` (`unix://PATH`), else the default one.
+pub fn docker_socket() -> Result<PathBuf> {
+    match std::env::var("DOCKER_HOST") {
+        Ok(h) if !h.is_empty() => match h.strip_prefix("unix://") {
+            Some(p) => Ok(PathBuf::from(p)),
+            None => bail!("DOCKER_HOST={h}: only unix:// sockets are supported"),
+        },
+        _ => Ok(PathBuf::from("/var/run/docker.sock")),
+    }
+}
+
+/// `GET path` on the Docker Engine API.
+pub async fn docker_get<Resp: DeserializeOwned>(socket: &Path, path: &str) -> Result<Resp> {
+    let req = Request::get(path).header("Host", "docker").body(Full::new(Bytes::new()))?;
+    let (status, bytes) = exchange(socket, req)
+        .await
+        .with_context(|| format!("connecting to dockerd at {} (is it running? set DOCKER_HOST)", socket.display()))?;
+    if !status.is_success() {
+        bail!("dockerd: GET {path}: HTTP {status}: {}", String::from_utf8_lossy(&bytes).trim());
+    }
+    serde_json::from_slice(&bytes).with_context(|| format!("dockerd: GET {path}: unreadable answer"))
 }

@@ -12,6 +12,7 @@ pub const STATUS: &str = "Oncache.Status";
 pub const STATS: &str = "Oncache.Stats";
 pub const CACHE_LIST: &str = "Oncache.CacheList";
 pub const CACHE_FLUSH: &str = "Oncache.CacheFlush";
+pub const NETWORK_REMOVE: &str = "Oncache.NetworkRemove";
 
 pub use crate::fastpath::maps::{CacheList, Stats};
 
@@ -51,4 +52,13 @@ pub struct Status {
     pub fastpath: String,
     pub peers: Vec<IpAddr>,
     pub networks: Vec<NetworkStatus>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct NetworkRemove {
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Also when containers are still joined (their links go with it).
+    #[serde(rename = "Force", default)]
+    pub force: bool,
 }

@@ -45,6 +45,12 @@ pub struct Config {
 /// Starts the fast path, or says why it cannot run. A kernel without what it needs leaves the
 /// slow path serving; a program the verifier rejects is a bug and stops the daemon.
 fn start_fast_path(cfg: &Config, u: &crate::dataplane::Underlay) -> Result<std::result::Result<FastPath, String>> {
+    // Fix what can be fixed before judging what is missing.
+    if let Err(e) = features::ensure_bpffs(&cfg.bpf_dir) {
+        let why = format!("missing bpffs ({e:#})");
+        log::warn!("fast path off, serving the slow path only: {why}");
+        return Ok(Err(why));
+    }
     let missing = features::missing(&cfg.bpf_dir);
     if !missing.is_empty() {
         let why: Vec<String> = missing.iter().map(|c| format!("{} ({}; {})", c.name, c.detail, c.fix)).collect();
@@ -90,7 +96,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let listener = bind(&cfg.socket).await?;
     log::info!("serving the oncache network driver on {}", cfg.socket.display());
     notify_ready();
-    let driver = Arc::new(tokio::sync::Mutex::new(driver));
+    let driver = server::Plugin::new(driver);
     if let Some(a) = announcer {
         tokio::spawn(listen_announcements(a, driver.clone()));
     }
@@ -104,7 +110,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     };
     server::serve(listener, driver.clone(), stop).await;
     // Wait for a call in progress to finish; links stay up so containers keep their traffic.
-    let _idle = driver.lock().await;
+    let _idle = driver.driver.lock().await;
     let _ = std::fs::remove_file(&cfg.socket);
     log::info!("stopped; the data plane stays in place");
     Ok(())
@@ -158,7 +164,7 @@ async fn listen_announcements(announcer: Arc<Announcer>, driver: server::Shared)
         };
         match Announcement::decode(&bytes) {
             Ok(a) => {
-                if let Err(e) = driver.lock().await.apply_announcement(from, &a).await {
+                if let Err(e) = driver.driver.lock().await.apply_announcement(from, &a).await {
                     log::warn!("announcement from {from}: {e:#}");
                 }
             }

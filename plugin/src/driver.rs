@@ -31,6 +31,16 @@ fn ipv4_of(ep: &Endpoint) -> Option<Ipv4Addr> {
     }
 }
 
+/// Checks an ID from a request before anything uses it.
+fn checked<'a>(kind: &str, id: &'a str) -> Result<&'a str> {
+    naming::check_id(kind, id).map_err(|e| anyhow!(e))?;
+    Ok(id)
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 fn spec(n: &Network) -> NetSpec {
     NetSpec { vni: n.vni, mtu: n.mtu }
 }
@@ -67,7 +77,7 @@ impl Driver {
 
     async fn announce(&self, event: Event, vni: u32, ep: &Endpoint) {
         let (Some(a), Some(ip)) = (&self.announcer, ipv4_of(ep)) else { return };
-        let peers = self.store.peers().unwrap_or_default();
+        let peers = self.kernel_peers().unwrap_or_default();
         a.send(&peers, &Announcement { event, vni, ip, mac: ep.mac.clone() }).await;
     }
 
@@ -111,7 +121,7 @@ impl Driver {
     }
 
     pub async fn create_network(&mut self, req: &api::CreateNetworkRequest) -> Result<()> {
-        naming::check_id("network", &req.network_id).map_err(|e| anyhow!(e))?;
+        checked("network", &req.network_id)?;
         let given = req.generic_options().map_err(|e| anyhow!(e))?;
         let opts = options::parse(&given).map_err(|e| anyhow!(e))?;
         let ipv4_pools = pools(&req.ipv4_data)?;
@@ -119,7 +129,7 @@ impl Driver {
 
         if let Some(n) = self.store.network(&req.network_id)? {
             // dockerd retries CreateNetwork after a failed attempt; converge, don't fail.
-            self.dp.ensure_network(spec(&n), &self.store.peers()?).await?;
+            self.dp.ensure_network(spec(&n), &self.kernel_peers()?).await?;
             return Ok(());
         }
         let others = self.store.networks()?;
@@ -158,9 +168,10 @@ impl Driver {
             ipv6_pools,
             fastpath: opts.fastpath,
             options: given,
+            created: now(),
         };
         self.store.put_network(&n)?;
-        if let Err(e) = self.dp.ensure_network(spec(&n), &self.store.peers()?).await {
+        if let Err(e) = self.dp.ensure_network(spec(&n), &self.kernel_peers()?).await {
             // Leave neither a record nor half-made links behind a failed create.
             let _ = self.dp.remove_network(vni).await;
             self.store.delete_network(&n.id)?;
@@ -172,11 +183,16 @@ impl Driver {
     }
 
     pub async fn delete_network(&mut self, id: &str) -> Result<()> {
-        let Some(n) = self.store.network(id)? else {
+        let Some(n) = self.store.network(checked("network", id)?)? else {
             return Ok(());
         };
+        // dockerd deletes endpoints first; an operator's forced removal may not have.
         for ep in self.store.endpoints_of(id)? {
             self.unplug(&ep.id, Some(&ep), Some(n.vni)).await?;
+            self.store.delete_endpoint(&ep.id)?;
+            if ep.sandbox.is_some() {
+                self.announce(Event::Leave, n.vni, &ep).await;
+            }
         }
         if let Some(f) = self.fast.as_mut() {
             f.maps.remove_network(n.vni)?;
@@ -187,9 +203,19 @@ impl Driver {
         Ok(())
     }
 
+    /// An operator removes a network that dockerd no longer has (`oncache network rm`).
+    pub async fn remove_network(&mut self, id: &str, force: bool) -> Result<()> {
+        let n = self.network(checked("network", id)?)?;
+        let joined = self.store.endpoints_of(&n.id)?.iter().filter(|e| e.sandbox.is_some()).count();
+        if joined > 0 && !force {
+            bail!("network {id} still has {joined} joined endpoint(s); stop those containers first, or force it");
+        }
+        self.delete_network(id).await
+    }
+
     pub async fn create_endpoint(&self, req: &api::CreateEndpointRequest) -> Result<api::CreateEndpointResponse> {
-        naming::check_id("endpoint", &req.endpoint_id).map_err(|e| anyhow!(e))?;
-        let n = self.network(&req.network_id)?;
+        checked("endpoint", &req.endpoint_id)?;
+        let n = self.network(checked("network", &req.network_id)?)?;
         let iface = req.interface.clone().unwrap_or_default();
         let ipv4 = (!iface.address.is_empty()).then_some(iface.address.as_str());
         let ipv6 = (!iface.address_ipv6.is_empty()).then_some(iface.address_ipv6.as_str());
@@ -209,6 +235,13 @@ impl Driver {
             Some(e) if e.network_id == n.id => e,
             Some(e) => bail!("endpoint {} already belongs to network {}", e.id, e.network_id),
             None => {
+                if let Some(other) = self.tag_owner(&req.endpoint_id)? {
+                    bail!(
+                        "endpoint ID {} shares its first characters ({}) with endpoint {other}: oncache names the endpoint's links by them",
+                        req.endpoint_id,
+                        naming::ep_tag(&req.endpoint_id)
+                    );
+                }
                 let e = Endpoint {
                     id: req.endpoint_id.clone(),
                     network_id: n.id.clone(),
@@ -232,7 +265,7 @@ impl Driver {
     pub async fn endpoint_oper_info(&self, req: &api::EndpointOperInfoRequest) -> Result<api::EndpointOperInfoResponse> {
         let ep = self
             .store
-            .endpoint(&req.endpoint_id)?
+            .endpoint(checked("endpoint", &req.endpoint_id)?)?
             .ok_or_else(|| anyhow!("endpoint {} not found", req.endpoint_id))?;
         let mut value = std::collections::BTreeMap::new();
         value.insert("mac".into(), ep.mac.clone().into());
@@ -245,7 +278,10 @@ impl Driver {
     }
 
     pub async fn delete_endpoint(&mut self, id: &str) -> Result<()> {
-        let ep = self.store.endpoint(id)?;
+        let ep = self.store.endpoint(checked("endpoint", id)?)?;
+        if ep.is_none() && self.tag_owner(id)?.is_some() {
+            return Ok(()); // not ours to touch: those links belong to another endpoint
+        }
         let vni = match &ep {
             Some(e) => self.store.network(&e.network_id)?.map(|n| n.vni),
             None => None,
@@ -261,10 +297,24 @@ impl Driver {
     pub async fn join(&mut self, req: &api::JoinRequest) -> Result<api::JoinResponse> {
         let mut ep = self
             .store
-            .endpoint(&req.endpoint_id)?
+            .endpoint(checked("endpoint", &req.endpoint_id)?)?
             .ok_or_else(|| anyhow!("endpoint {} not found (CreateEndpoint first)", req.endpoint_id))?;
         let n = self.network(&ep.network_id)?;
-        self.dp.ensure_network(spec(&n), &self.store.peers()?).await?;
+        self.dp.ensure_network(spec(&n), &self.kernel_peers()?).await?;
+        let answer = |src: String| api::JoinResponse {
+            // No gateway: Docker connects the container to docker_gwbridge for outside traffic.
+            interface_name: api::InterfaceName { src_name: src, dst_prefix: "eth".into() },
+            ..Default::default()
+        };
+        let src = naming::veth_peer(&ep.id);
+        if ep.sandbox.as_deref() == Some(req.sandbox_key.as_str()) && self.dp.link_index(&naming::veth_host(&ep.id)).await?.is_some() {
+            // A repeated Join: the container end may already be in the sandbox; keep it.
+            self.dp.reattach_veth(&ep.id, n.vni).await?;
+            if let Err(e) = self.plug_fast(&ep, &n).await {
+                log::warn!("endpoint {}: fast path not attached, slow path only: {e:#}", ep.id);
+            }
+            return Ok(answer(src));
+        }
         let mac = naming::parse_mac(&ep.mac).map_err(|e| anyhow!(e))?;
         let src = self.dp.ensure_veth(&ep.id, spec(&n), mac).await?;
         ep.sandbox = Some(req.sandbox_key.clone());
@@ -281,11 +331,7 @@ impl Driver {
         }
         self.announce(Event::Join, n.vni, &ep).await;
         log::info!("endpoint {} joined {} via {src}", ep.id, req.sandbox_key);
-        // No gateway: Docker connects the container to docker_gwbridge for outside traffic.
-        Ok(api::JoinResponse {
-            interface_name: api::InterfaceName { src_name: src, dst_prefix: "eth".into() },
-            ..Default::default()
-        })
+        Ok(answer(src))
     }
 
     /// Puts a joined endpoint on the fast path, if its network and address allow it.
@@ -301,7 +347,10 @@ impl Driver {
     }
 
     pub async fn leave(&mut self, req: &api::LeaveRequest) -> Result<()> {
-        let ep = self.store.endpoint(&req.endpoint_id)?;
+        let ep = self.store.endpoint(checked("endpoint", &req.endpoint_id)?)?;
+        if ep.is_none() && self.tag_owner(&req.endpoint_id)?.is_some() {
+            return Ok(()); // not ours to touch: those links belong to another endpoint
+        }
         let n = match &ep {
             Some(e) => self.store.network(&e.network_id)?,
             None => None,
@@ -336,17 +385,55 @@ impl Driver {
         }
     }
 
+    /// Why `ip` cannot be a peer of this host, if it cannot.
+    fn peer_problem(&self, ip: IpAddr) -> Option<String> {
+        let u = &self.dp.underlay;
+        if ip == IpAddr::V4(u.ip) {
+            return Some(format!("{ip} is this host's own underlay address, not a peer"));
+        }
+        if !ip.is_ipv4() {
+            return Some(format!("peer {ip} is IPv6, but the underlay {} is IPv4 ({}): VXLAN peers must be of the underlay's family", u.name, u.ip));
+        }
+        if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() || ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
+            return Some(format!("{ip} cannot be a VXLAN peer (unspecified, multicast, broadcast or loopback)"));
+        }
+        None
+    }
+
+    /// The stored peers the kernel is given: one stored by an older oncache that this host
+    /// cannot use is skipped (and said), never fatal.
+    fn kernel_peers(&self) -> Result<Vec<IpAddr>> {
+        let mut out = self.store.peers()?;
+        out.retain(|p| match self.peer_problem(*p) {
+            None => true,
+            Some(why) => {
+                log::warn!("stored peer skipped: {why} (remove it with `oncache peer rm {p}`)");
+                false
+            }
+        });
+        Ok(out)
+    }
+
+    /// Adds a peer: the kernel first, then the store, so that a peer the kernel refuses is
+    /// never kept (the kernel is put back as it was).
     pub async fn add_peer(&mut self, ip: IpAddr) -> Result<()> {
-        if ip == IpAddr::V4(self.dp.underlay.ip) {
-            bail!("{ip} is this host's own underlay address, not a peer");
+        if let Some(why) = self.peer_problem(ip) {
+            bail!(why);
         }
-        if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
-            bail!("{ip} cannot be a VXLAN peer (unspecified, multicast or loopback)");
+        let before = self.kernel_peers()?;
+        if before.contains(&ip) {
+            return Ok(());
         }
-        if self.store.add_peer(ip)? {
-            log::info!("peer {ip} added");
+        let mut after = before.clone();
+        after.push(ip);
+        let vnis = self.vnis()?;
+        if let Err(e) = self.dp.sync_peers(&vnis, &after).await {
+            let _ = self.dp.sync_peers(&vnis, &before).await;
+            return Err(e.context(format!("peer {ip} not added")));
         }
-        self.dp.sync_peers(&self.vnis()?, &self.store.peers()?).await
+        self.store.add_peer(ip)?;
+        log::info!("peer {ip} added");
+        Ok(())
     }
 
     pub async fn remove_peer(&mut self, ip: IpAddr) -> Result<()> {
@@ -356,7 +443,7 @@ impl Driver {
         if let (Some(f), IpAddr::V4(v4)) = (self.fast.as_mut(), ip) {
             f.maps.forget_peer(v4.octets())?;
         }
-        self.dp.sync_peers(&self.vnis()?, &self.store.peers()?).await
+        self.dp.sync_peers(&self.vnis()?, &self.kernel_peers()?).await
     }
 
     /// A peer announced that an address joined or left it (see [`crate::announce`]).
@@ -395,6 +482,12 @@ impl Driver {
         Ok(self.store.peers()?)
     }
 
+    /// The stored endpoint, other than `id` itself, whose links carry the same tag as `id`'s.
+    fn tag_owner(&self, id: &str) -> Result<Option<String>> {
+        let tag = naming::ep_tag(id);
+        Ok(self.store.endpoints_with_prefix(tag)?.into_iter().map(|e| e.id).find(|o| o != id && naming::ep_tag(o) == tag))
+    }
+
     pub fn status(&self) -> Result<Status> {
         let endpoints = self.store.endpoints()?;
         let networks = self
@@ -425,7 +518,7 @@ impl Driver {
     /// Brings the kernel in line with the store after a start: recreate what stored networks
     /// need, re-attach surviving veths, remove oncache links nothing owns.
     pub async fn reconcile(&mut self) -> Result<()> {
-        let peers = self.store.peers()?;
+        let peers = self.kernel_peers()?;
         let networks = self.store.networks()?;
         for n in &networks {
             self.dp.ensure_network(spec(n), &peers).await.with_context(|| format!("restoring network {}", n.id))?;

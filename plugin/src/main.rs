@@ -1,23 +1,10 @@
 //! `oncache`: the daemon that serves the Docker network driver, and the operator's CLI.
 
-mod announce;
-mod cidr;
-mod client;
-mod control;
-mod daemon;
-mod dataplane;
-mod driver;
-mod fastpath;
-mod naming;
-mod options;
-mod server;
-
 use clap::{Parser, Subcommand};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/oncache.sock";
-pub const DEFAULT_BPF_DIR: &str = "/sys/fs/bpf/oncache";
+use oncache::{client, control, daemon, dataplane, fastpath, DEFAULT_BPF_DIR, DEFAULT_SOCKET};
 
 /// oncache: a VXLAN container overlay for Docker and containerd, with an eBPF fast path.
 ///
@@ -39,7 +26,7 @@ enum Command {
         #[command(subcommand)]
         action: PeerAction,
         /// The daemon's socket.
-        #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
+        #[arg(long, global = true, env = "ONCACHE_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
     /// Remove oncache's data plane from this host: pinned eBPF programs, maps and links, every
@@ -53,14 +40,14 @@ enum Command {
     Stats {
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value = DEFAULT_SOCKET)]
+        #[arg(long, env = "ONCACHE_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
     /// Inspect or flush the fast path's caches.
     Cache {
         #[command(subcommand)]
         action: CacheAction,
-        #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
+        #[arg(long, global = true, env = "ONCACHE_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
     /// Check what the fast path needs from this kernel and host, with what to do when missing.
@@ -70,13 +57,21 @@ enum Command {
         #[arg(long, default_value = DEFAULT_BPF_DIR)]
         bpf_dir: PathBuf,
     },
+    /// List oncache's networks, and remove those dockerd no longer has ("ghosts": a
+    /// CreateNetwork that dockerd never followed up keeps its VNI and subnet until removed).
+    Network {
+        #[command(subcommand)]
+        action: NetworkAction,
+        #[arg(long, global = true, env = "ONCACHE_SOCKET", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Show the daemon's networks, endpoints, peers and underlay.
     Status {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         /// The daemon's socket.
-        #[arg(long, default_value = DEFAULT_SOCKET)]
+        #[arg(long, env = "ONCACHE_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
 }
@@ -94,6 +89,30 @@ enum CacheAction {
 }
 
 #[derive(Subcommand)]
+enum NetworkAction {
+    /// Every oncache network with its VNI, subnets, endpoints, and whether dockerd (at
+    /// DOCKER_HOST, default /var/run/docker.sock) still has it.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove networks by ID (a unique prefix will do): links, fast-path state and record.
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Also when containers are still joined to it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove every oncache network that dockerd does not have and no container is joined to.
+    Prune {
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum PeerAction {
     /// Add a peer host by its underlay IP address; every network floods to it. Persistent.
     Add { address: IpAddr },
@@ -106,7 +125,13 @@ enum PeerAction {
 fn main() {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    // The daemon runs on two worker threads, so that a call blocked in the kernel or on disk
+    // never holds up dockerd's handshake; the CLI needs one.
+    let rt = match cli.command {
+        Command::Daemon(_) => tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build(),
+        _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+    }
+    .expect("tokio runtime");
     let res = rt.block_on(async {
         match cli.command {
             Command::Daemon(cfg) => daemon::run(cfg).await,
@@ -116,6 +141,7 @@ fn main() {
             Command::Stats { json, socket } => stats(json, &socket).await,
             Command::Cache { action, socket } => cache(action, &socket).await,
             Command::Doctor { json, bpf_dir } => doctor(json, &bpf_dir),
+            Command::Network { action, socket } => network(action, &socket).await,
         }
     });
     if let Err(e) = res {
@@ -251,6 +277,98 @@ fn doctor(json: bool, bpf_dir: &std::path::Path) -> anyhow::Result<()> {
     }
     if checks.iter().any(|c| !c.ok) {
         anyhow::bail!("the fast path cannot run here; the slow path still works");
+    }
+    Ok(())
+}
+
+/// dockerd's network IDs, or why they are unknown.
+async fn docker_networks() -> anyhow::Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Net {
+        #[serde(rename = "Id")]
+        id: String,
+    }
+    let nets: Vec<Net> = client::docker_get(&client::docker_socket()?, "/networks").await?;
+    Ok(nets.into_iter().map(|n| n.id).collect())
+}
+
+async fn network(action: NetworkAction, socket: &std::path::Path) -> anyhow::Result<()> {
+    let s: control::Status = client::call(socket, control::STATUS, &()).await?;
+    let remove = |id: String, force: bool| async move {
+        let _: serde_json::Value = client::call(socket, control::NETWORK_REMOVE, &control::NetworkRemove { id: id.clone(), force }).await?;
+        println!("removed {id}");
+        anyhow::Ok(())
+    };
+    match action {
+        NetworkAction::Ls { json } => {
+            let docker = docker_networks().await;
+            if let Err(e) = &docker {
+                eprintln!("oncache: not checked against dockerd: {e:#}");
+            }
+            let rows: Vec<serde_json::Value> = s
+                .networks
+                .iter()
+                .map(|n| {
+                    let known = docker.as_ref().ok().map(|d| d.contains(&n.network.id));
+                    serde_json::json!({
+                        "id": n.network.id,
+                        "vni": n.network.vni,
+                        "subnets": n.network.ipv4_pools.iter().chain(&n.network.ipv6_pools).collect::<Vec<_>>(),
+                        "endpoints": n.endpoints.len(),
+                        "joined": n.endpoints.iter().filter(|e| e.sandbox.is_some()).count(),
+                        "created": n.network.created,
+                        "in_docker": known,
+                    })
+                })
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            println!("{:<12}  {:>8}  {:<20}  {:>9}  {:<6}", "NETWORK ID", "VNI", "SUBNETS", "ENDPOINTS", "DOCKER");
+            for r in &rows {
+                let id = r["id"].as_str().unwrap_or_default();
+                let subnets: Vec<&str> = r["subnets"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+                let docker = match r["in_docker"].as_bool() {
+                    Some(true) => "yes",
+                    Some(false) => "no (ghost)",
+                    None => "?",
+                };
+                println!(
+                    "{:<12}  {:>8}  {:<20}  {:>9}  {docker}",
+                    &id[..id.len().min(12)],
+                    r["vni"],
+                    subnets.join(","),
+                    format!("{}/{}", r["joined"], r["endpoints"]),
+                );
+            }
+        }
+        NetworkAction::Rm { ids, force } => {
+            for want in ids {
+                let matches: Vec<&str> =
+                    s.networks.iter().map(|n| n.network.id.as_str()).filter(|id| id.starts_with(want.as_str())).collect();
+                let id = match matches[..] {
+                    [one] => one.to_string(),
+                    [] => anyhow::bail!("no oncache network {want:?}"),
+                    _ => anyhow::bail!("{want:?} names {} networks; give more of the ID", matches.len()),
+                };
+                remove(id, force).await?;
+            }
+        }
+        NetworkAction::Prune { dry_run } => {
+            let docker = docker_networks().await.map_err(|e| e.context("prune needs dockerd's network list"))?;
+            for n in &s.networks {
+                let joined = n.endpoints.iter().any(|e| e.sandbox.is_some());
+                if docker.contains(&n.network.id) || joined {
+                    continue;
+                }
+                if dry_run {
+                    println!("would remove {} (VNI {})", n.network.id, n.network.vni);
+                } else {
+                    remove(n.network.id.clone(), false).await?;
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -28,9 +28,11 @@ pub fn veth_peer(endpoint_id: &str) -> String {
     format!("{VETH_PEER}{}", ep_tag(endpoint_id))
 }
 
-/// The part of an endpoint ID that names its links.
+/// The part of an endpoint ID that names its links. IDs are checked ([`check_id`]) before
+/// they get here; cutting at a character boundary keeps this total for any string anyway.
 pub fn ep_tag(endpoint_id: &str) -> &str {
-    &endpoint_id[..endpoint_id.len().min(EP_CHARS)]
+    let end = endpoint_id.char_indices().nth(EP_CHARS).map_or(endpoint_id.len(), |(i, _)| i);
+    &endpoint_id[..end]
 }
 
 /// A link oncache made, recognised by its name.
@@ -55,13 +57,18 @@ pub fn owned(name: &str) -> Option<Owned<'_>> {
     }
 }
 
-/// Docker's IDs are hex; anything else would make link names ambiguous or invalid.
+/// Longest ID accepted (Docker's are 64 hex digits).
+pub const MAX_ID: usize = 128;
+
+/// Docker's IDs are hex; anything else would make link names ambiguous or invalid. (That two
+/// endpoints never share a tag is the driver's check: it needs the store.)
 pub fn check_id(kind: &str, id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err(format!("missing {kind} ID"));
     }
-    if id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(format!("invalid {kind} ID {id:?}: expected letters and digits only"));
+    if id.len() > MAX_ID || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        let shown: String = id.chars().take(MAX_ID).collect();
+        return Err(format!("invalid {kind} ID {shown:?}: expected 1 to {MAX_ID} ASCII letters and digits"));
     }
     Ok(())
 }
@@ -118,6 +125,11 @@ mod tests {
         assert!(check_id("endpoint", "abc123").is_ok());
         assert!(check_id("endpoint", "").unwrap_err().contains("missing endpoint ID"));
         assert!(check_id("network", "../x").unwrap_err().contains("invalid network ID"));
+        assert!(check_id("endpoint", "ééééééééééé").unwrap_err().contains("invalid endpoint ID"));
+        assert!(check_id("endpoint", &"a".repeat(MAX_ID + 1)).is_err());
+        // Never a panic, whatever the string.
+        assert_eq!(ep_tag("ééééééééééééé"), "ééééééééééé");
+        assert_eq!(ep_tag("abc"), "abc");
     }
 
     #[test]

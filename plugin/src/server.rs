@@ -1,7 +1,8 @@
 //! The HTTP layer: decodes a request, calls the driver, encodes the answer. Nothing else.
 //!
 //! dockerd POSTs `/Plugin.Activate`, `/NetworkDriver.<Call>` with a JSON body (empty for
-//! argument-less calls) and no Content-Type. Every failure is answered with `{"Err": "..."}`.
+//! argument-less calls) and no Content-Type. Every failure is answered with `{"Err": "..."}`,
+//! a panic included (caught per request: a last resort, never the way errors are reported).
 
 use crate::control;
 use crate::driver::Driver;
@@ -13,7 +14,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use libnetwork_api::{activate, decode, driver as api, NETWORK_DRIVER};
 use serde::Serialize;
 use serde_json::Value;
+use futures_util::FutureExt;
 use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixListener;
@@ -24,8 +27,22 @@ pub const MAX_BODY: usize = 1 << 20;
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
 
-/// Driver calls are serialised: each one's store and kernel changes finish before the next.
-pub type Shared = Arc<Mutex<Driver>>;
+/// What the server serves: the driver, whose calls are serialised (each one's store and
+/// kernel changes finish before the next; tokio's lock is first come, first served), and the
+/// answers that need no driver state, so that dockerd's handshake never waits behind a slow
+/// call.
+pub struct Plugin {
+    pub driver: Mutex<Driver>,
+    capabilities: api::CapabilitiesResponse,
+}
+
+impl Plugin {
+    pub fn new(driver: Driver) -> Shared {
+        Arc::new(Plugin { capabilities: driver.capabilities(), driver: Mutex::new(driver) })
+    }
+}
+
+pub type Shared = Arc<Plugin>;
 
 struct Fault {
     status: StatusCode,
@@ -56,12 +73,15 @@ fn req<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Fault
 }
 
 /// Runs one call. `method` is the path without its leading slash.
-async fn dispatch(driver: &Shared, method: &str, body: &[u8]) -> Answer {
-    let mut d = driver.lock().await;
+async fn dispatch(plugin: &Shared, method: &str, body: &[u8]) -> Answer {
+    match method {
+        "Plugin.Activate" => return json(activate::ActivateResponse { implements: vec![NETWORK_DRIVER.into()] }),
+        "NetworkDriver.GetCapabilities" => return json(&plugin.capabilities),
+        _ => {}
+    }
+    let mut d = plugin.driver.lock().await;
     let failed = Fault::failed;
     match method {
-        "Plugin.Activate" => json(activate::ActivateResponse { implements: vec![NETWORK_DRIVER.into()] }),
-        "NetworkDriver.GetCapabilities" => json(d.capabilities()),
         "NetworkDriver.CreateNetwork" => {
             d.create_network(&req::<api::CreateNetworkRequest>(body)?).await.map_err(failed)?;
             empty()
@@ -106,6 +126,11 @@ async fn dispatch(driver: &Shared, method: &str, body: &[u8]) -> Answer {
             } else {
                 d.remove_peer(ip).await.map_err(failed)?;
             }
+            empty()
+        }
+        control::NETWORK_REMOVE => {
+            let r: control::NetworkRemove = req(body)?;
+            d.remove_network(&r.id, r.force).await.map_err(failed)?;
             empty()
         }
         control::PEER_LIST => json(control::PeerList { peers: d.peers().map_err(failed)? }),
@@ -155,14 +180,46 @@ async fn handle(driver: Shared, r: Request<Incoming>) -> Result<Response<Full<By
         Err(_) => return Ok(error(&Fault::bad(format!("{method}: request body not received within {READ_TIMEOUT:?}")))),
     };
     log::debug!("{method} {}", String::from_utf8_lossy(&body));
-    let res = match dispatch(&driver, &method, &body).await {
-        Ok(v) => respond(StatusCode::OK, &v),
-        Err(f) => {
+    Ok(answer(&driver, &method, &body).await)
+}
+
+/// Dispatches one call and encodes its answer, whatever happens inside.
+pub async fn answer(plugin: &Shared, method: &str, body: &[u8]) -> Response<Full<Bytes>> {
+    let outcome = AssertUnwindSafe(dispatch(plugin, method, body)).catch_unwind().await;
+    match outcome {
+        Ok(Ok(v)) => respond(StatusCode::OK, &v),
+        Ok(Err(f)) => {
             log::warn!("{method} failed: {}", f.msg);
             error(&f)
         }
-    };
-    Ok(res)
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            log::error!("{method}: internal error (a bug in oncache, please report it): {what}");
+            error(&Fault {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                msg: format!("{method}: internal error in oncache: {what}"),
+            })
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on one connection (any byte stream: the fuzz target feeds raw bytes).
+pub async fn serve_connection<S>(stream: S, plugin: Shared)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |r| handle(plugin.clone(), r));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), svc);
+    if let Err(e) = conn.await {
+        log::debug!("connection: {e}");
+    }
 }
 
 /// Accepts connections until `shutdown` resolves.
@@ -179,17 +236,7 @@ pub async fn serve(listener: UnixListener, driver: Shared, shutdown: impl std::f
                         continue;
                     }
                 };
-                let d = driver.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |r| handle(d.clone(), r));
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(READ_TIMEOUT)
-                        .serve_connection(TokioIo::new(stream), svc);
-                    if let Err(e) = conn.await {
-                        log::debug!("connection: {e}");
-                    }
-                });
+                tokio::spawn(serve_connection(stream, driver.clone()));
             }
         }
     }

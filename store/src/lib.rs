@@ -111,6 +111,16 @@ impl Store {
         all(&self.endpoints)
     }
 
+    /// Endpoints whose ID starts with `prefix` (a key-range scan, not a table dump).
+    pub fn endpoints_with_prefix(&self, prefix: &str) -> Result<Vec<Endpoint>> {
+        let mut out = Vec::new();
+        for kv in self.endpoints.scan_prefix(prefix.as_bytes()) {
+            let (k, v) = kv?;
+            out.push(decode(&String::from_utf8_lossy(&k), &v)?);
+        }
+        Ok(out)
+    }
+
     pub fn endpoints_of(&self, network_id: &str) -> Result<Vec<Endpoint>> {
         Ok(self.endpoints()?.into_iter().filter(|e| e.network_id == network_id).collect())
     }

@@ -23,6 +23,10 @@ pub struct Network {
     /// The user's `-o` options as given, kept for inspection.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// When the network was created (seconds since the Unix epoch; 0 if unknown): with no
+    /// endpoint ever joined, an old network is likely one dockerd never kept (a ghost).
+    #[serde(default)]
+    pub created: u64,
 }
 
 /// A container's attachment to a network.

@@ -9,6 +9,7 @@ fn net(id: &str, vni: u32) -> Network {
         ipv6_pools: vec![],
         fastpath: true,
         options: Default::default(),
+        created: 0,
     }
 }
 
@@ -116,4 +117,17 @@ fn second_owner_is_refused() {
 fn records_from_before_the_fastpath_field_default_to_on() {
     let n: Network = serde_json::from_str(r#"{"id":"n","vni":5,"mtu":1450}"#).unwrap();
     assert!(n.fastpath);
+}
+
+#[test]
+fn endpoints_by_prefix_are_a_range_not_a_dump() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    for id in ["0123456789a", "0123456789abcdef", "0123456789b", "ff"] {
+        s.put_endpoint(&ep(id, "n")).unwrap();
+    }
+    let ids = |p: &str| s.endpoints_with_prefix(p).unwrap().into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids("0123456789a"), ["0123456789a", "0123456789abcdef"]);
+    assert_eq!(ids("f"), ["ff"]);
+    assert!(ids("x").is_empty());
 }

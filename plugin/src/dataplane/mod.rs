@@ -76,7 +76,8 @@ impl Dataplane {
         Ok(Dataplane { nl, underlay })
     }
 
-    /// Bridge + VXLAN device for a network, flooding to exactly `peers`.
+    /// Bridge + VXLAN device for a network, flooding to exactly `peers` (a peer the kernel
+    /// refuses is logged and left out: it never stops a network from being served).
     pub async fn ensure_network(&self, n: NetSpec, peers: &[IpAddr]) -> Result<()> {
         let br = naming::bridge(n.vni);
         let bridge = match self.nl.link(&br).await? {
@@ -107,20 +108,27 @@ impl Dataplane {
                 self.nl.link(&vx).await?.ok_or_else(|| anyhow!("{vx} vanished after creation"))?
             }
         };
-        self.sync_flood(vxlan.index, peers).await
+        for (p, e) in self.sync_flood(vxlan.index, peers).await? {
+            log::warn!("{vx}: peer {p} refused by the kernel, left out: {e:#}");
+        }
+        Ok(())
     }
 
-    /// Makes the flood list of one VXLAN device equal to `peers`.
-    async fn sync_flood(&self, vxlan: u32, peers: &[IpAddr]) -> Result<()> {
+    /// Makes the flood list of one VXLAN device equal to `peers`; returns the peers the
+    /// kernel refused, with why.
+    async fn sync_flood(&self, vxlan: u32, peers: &[IpAddr]) -> Result<Vec<(IpAddr, anyhow::Error)>> {
         let present: HashSet<IpAddr> =
             self.nl.fdb(vxlan).await?.into_iter().filter(|e| e.mac == FLOOD).filter_map(|e| e.dst).collect();
+        let mut refused = Vec::new();
         for p in peers.iter().filter(|p| !present.contains(p)) {
-            self.nl.fdb_append(vxlan, FLOOD, *p).await?;
+            if let Err(e) = self.nl.fdb_append(vxlan, FLOOD, *p).await {
+                refused.push((*p, e));
+            }
         }
         for stale in present.iter().filter(|p| !peers.contains(p)) {
             self.forget_peer_on(vxlan, *stale).await?;
         }
-        Ok(())
+        Ok(refused)
     }
 
     /// Drops every entry (flood and learned) that sends to `peer` on one VXLAN device.
@@ -140,14 +148,18 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Sets the peer list of every oncache VXLAN device.
+    /// Sets the peer list of every oncache VXLAN device; fails naming the first peer the
+    /// kernel refused (the others are applied).
     pub async fn sync_peers(&self, vnis: &[u32], peers: &[IpAddr]) -> Result<()> {
+        let mut first = None;
         for vni in vnis {
             if let Some(l) = self.nl.link(&naming::vxlan(*vni)).await? {
-                self.sync_flood(l.index, peers).await?;
+                for (p, e) in self.sync_flood(l.index, peers).await? {
+                    first.get_or_insert(e.context(format!("adding peer {p} to {}", naming::vxlan(*vni))));
+                }
             }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     /// Creates the endpoint's veth pair on the network's bridge; returns the container-end name

@@ -4,40 +4,48 @@
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::ffi::CString;
 use std::path::Path;
 
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+/// The bpffs every pin of oncache lives on, unless `--bpf-dir` points at another one.
+const BPFFS_ROOT: &str = "/sys/fs/bpf";
 
 fn is_bpffs(p: &Path) -> bool {
-    let Ok(c) = CString::new(p.as_os_str().as_encoded_bytes()) else { return false };
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c is a valid NUL-terminated path and st a properly sized out-parameter.
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+    nix::sys::statfs::statfs(p).is_ok_and(|st| st.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+}
+
+/// The nearest folder at or above `p` that exists: where `p` would be created.
+fn existing_ancestor(mut p: &Path) -> &Path {
+    while !p.exists() {
+        p = p.parent().unwrap_or(Path::new("/"));
+    }
+    p
 }
 
 /// Makes sure `dir` lies on a bpffs, mounting one on /sys/fs/bpf if nothing is mounted there
-/// (as systemd and other BPF users do).
+/// (as systemd does at boot; minimal hosts and containers often lack it). A `dir` elsewhere
+/// must already be on a bpffs. Concurrent callers mount once: the check and the mount happen
+/// under a lock on the mount point.
 pub fn ensure_bpffs(dir: &Path) -> Result<()> {
-    let mut probe = dir;
-    while !probe.exists() {
-        probe = probe.parent().unwrap_or(Path::new("/"));
-    }
-    if is_bpffs(probe) {
+    if is_bpffs(existing_ancestor(dir)) {
         return Ok(());
     }
-    let root = Path::new("/sys/fs/bpf");
+    let root = Path::new(BPFFS_ROOT);
     if !dir.starts_with(root) {
-        bail!("--bpf-dir {} is not on a bpf filesystem", dir.display());
+        bail!("--bpf-dir {} is not on a bpf filesystem (mount one there, or use a folder under {BPFFS_ROOT})", dir.display());
     }
+    std::fs::create_dir_all(root).with_context(|| format!("creating {BPFFS_ROOT}"))?;
+    let guard = std::fs::File::open(root).with_context(|| format!("opening {BPFFS_ROOT}"))?;
+    let _lock = nix::fcntl::Flock::lock(guard, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("locking {BPFFS_ROOT}"))?;
     if !is_bpffs(root) {
-        let (src, fstype, target) = (CString::new("bpf")?, CString::new("bpf")?, CString::new("/sys/fs/bpf")?);
-        // SAFETY: valid C strings; no data argument.
-        let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("mounting bpffs on /sys/fs/bpf");
-        }
-        log::info!("mounted bpffs on /sys/fs/bpf");
+        use nix::mount::{mount, MsFlags};
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        mount(Some("bpf"), root, Some("bpf"), flags, None::<&str>).with_context(|| format!("mounting bpffs on {BPFFS_ROOT}"))?;
+        log::info!("mounted bpffs on {BPFFS_ROOT}");
+    }
+    if !is_bpffs(existing_ancestor(dir)) {
+        bail!("{} is not on the bpf filesystem mounted on {BPFFS_ROOT} (another filesystem is mounted in between)", dir.display());
     }
     Ok(())
 }
@@ -100,12 +108,16 @@ pub fn checks(bpf_dir: &Path) -> Vec<Check> {
         "run as root on a kernel built with CONFIG_BPF_SYSCALL",
     ));
     out.push(check("btf", sys("/sys/kernel/btf/vmlinux"), "/sys/kernel/btf/vmlinux", "use a kernel built with CONFIG_DEBUG_INFO_BTF"));
-    let root = bpf_dir.parent().unwrap_or(Path::new("/sys/fs/bpf"));
+    let under_root = bpf_dir.starts_with(BPFFS_ROOT);
     out.push(check(
         "bpffs",
-        is_bpffs(root) || is_bpffs(Path::new("/sys/fs/bpf")),
-        format!("{} on a bpf filesystem", root.display()),
-        "mount -t bpf bpf /sys/fs/bpf (the daemon does this itself when it can)",
+        is_bpffs(existing_ancestor(bpf_dir)),
+        format!("{} on a bpf filesystem", bpf_dir.display()),
+        if under_root {
+            "the daemon mounts bpffs on /sys/fs/bpf at start (or: mount -t bpf bpf /sys/fs/bpf)"
+        } else {
+            "mount a bpffs there, or use a --bpf-dir under /sys/fs/bpf"
+        },
     ));
     out.push(check(
         "tcx",

@@ -1,0 +1,101 @@
+//! The driver core in-process (`oncache::testbed`: the real kernel, in a network namespace of
+//! the test's own thread), for what needs a hand on the daemon's insides: a call that holds the
+//! driver, and state written by an older oncache.
+
+use oncache::testbed::Testbed;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const NET: &str = "0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e";
+
+fn create_network(vni: u32, pool: &str) -> Vec<u8> {
+    json!({
+        "NetworkID": NET,
+        "Options": {"com.docker.network.generic": {"oncache.vni": vni.to_string()}},
+        "IPv4Data": [{"AddressSpace": "LocalDefault", "Gateway": "10.240.0.1/24", "Pool": pool}],
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Runs `f` on a thread of its own (a testbed moves its thread into a new network namespace),
+/// failing if it does not finish in time.
+fn on_own_thread(f: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        f();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(()) => t.join().unwrap(),
+        Err(_) if t.is_finished() => std::panic::resume_unwind(t.join().unwrap_err()),
+        Err(_) => panic!("test thread still running after 60 s (a call waited on the driver?)"),
+    }
+}
+
+#[test]
+fn handshake_never_waits_behind_a_call_in_progress() {
+    on_own_thread(|| {
+        let tb = Testbed::new().unwrap();
+        // A call in progress holds the driver for as long as it takes.
+        let busy = tb.rt.block_on(tb.plugin.driver.lock());
+        let (code, v) = tb.call("Plugin.Activate", b"");
+        assert_eq!((code, v), (200, json!({"Implements": ["NetworkDriver"]})));
+        let (code, v) = tb.call("NetworkDriver.GetCapabilities", b"");
+        assert_eq!((code, &v["Scope"]), (200, &json!("local")), "{v}");
+        drop(busy);
+        assert_eq!(tb.call("NetworkDriver.CreateNetwork", &create_network(700, "10.240.0.0/24")).0, 200);
+        assert!(tb.reset().unwrap().is_empty());
+    });
+}
+
+#[test]
+fn a_stored_peer_the_kernel_refuses_never_stops_start_or_create() {
+    on_own_thread(|| {
+        // As an older oncache could have stored it.
+        let tb = Testbed::with_state(|s| {
+            s.add_peer("fd00::5".parse().unwrap())?;
+            s.add_peer("10.255.0.9".parse().unwrap())?;
+            Ok(())
+        })
+        .unwrap();
+        let (code, v) = tb.call("NetworkDriver.CreateNetwork", &create_network(701, "10.240.0.0/24"));
+        assert_eq!(code, 200, "{v}");
+        let fdb = std::process::Command::new("bridge").args(["fdb", "show", "dev", "ocvx701"]).output().unwrap();
+        let fdb = String::from_utf8_lossy(&fdb.stdout);
+        assert!(fdb.contains("dst 10.255.0.9") && !fdb.contains("fd00::5"), "{fdb}");
+        // The operator can still see and remove it.
+        let (_, peers) = tb.call("Oncache.PeerList", b"");
+        assert_eq!(peers["Peers"].as_array().unwrap().len(), 2, "{peers}");
+        assert_eq!(tb.call("Oncache.PeerRemove", br#"{"Address": "fd00::5"}"#).0, 200);
+        let (_, peers) = tb.call("Oncache.PeerList", b"");
+        assert_eq!(peers["Peers"], json!(["10.255.0.9"]));
+        assert!(tb.reset().unwrap().is_empty());
+    });
+}
+
+#[test]
+fn forced_network_removal_takes_its_endpoints_along() {
+    on_own_thread(|| {
+        let tb = Testbed::new().unwrap();
+        assert_eq!(tb.call("NetworkDriver.CreateNetwork", &create_network(702, "10.240.0.0/24")).0, 200);
+        let ep = "e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2";
+        let body = |extra: Value| {
+            let mut b = json!({"NetworkID": NET, "EndpointID": ep});
+            b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            b.to_string().into_bytes()
+        };
+        assert_eq!(tb.call("NetworkDriver.CreateEndpoint", &body(json!({"Interface": {"Address": "10.240.0.7/24"}}))).0, 200);
+        assert_eq!(tb.call("NetworkDriver.Join", &body(json!({"SandboxKey": "/run/netns/x"}))).0, 200);
+        let (code, v) = tb.call("Oncache.NetworkRemove", json!({"ID": NET}).to_string().as_bytes());
+        assert_eq!(code, 500);
+        assert!(v["Err"].as_str().unwrap().contains("1 joined endpoint"), "{v}");
+        assert_eq!(tb.call("Oncache.NetworkRemove", json!({"ID": NET, "Force": true}).to_string().as_bytes()).0, 200);
+        let (_, st) = tb.call("Oncache.Status", b"");
+        assert_eq!(st["networks"], json!([]));
+        // Nothing of it is left: no links, and no endpoint record to be found.
+        assert!(tb.reset().unwrap().is_empty());
+        let (code, v) = tb.call("NetworkDriver.EndpointOperInfo", &body(json!({})));
+        assert_eq!(code, 500, "{v}");
+    });
+}

@@ -225,6 +225,7 @@ impl Lab {
             oncache: None,
             oncache_cmd: None,
             oncache_private_sysfs: false,
+            oncache_bpffs: true,
             bg_counter: AtomicUsize::new(0),
         });
         let sw = self.switch_netns.clone();
@@ -442,6 +443,9 @@ pub struct Host {
     oncache: Option<Child>,
     oncache_cmd: Option<PluginCmd>,
     oncache_private_sysfs: bool,
+    /// With a private sysfs: bind the machine's bpffs back on /sys/fs/bpf (a fresh sysfs has
+    /// none mounted, as on a host where nothing mounted it).
+    oncache_bpffs: bool,
     bg_counter: AtomicUsize,
 }
 
@@ -934,7 +938,11 @@ exec {dockerd}
     /// --underlay ul0 --bpf-dir /sys/fs/bpf/oncache-<name> EXTRA...`, RUST_LOG=debug, output
     /// appended to `<dir>/oncache.log`; waits until it answers `POST /Plugin.Activate`.
     pub fn start_oncache(&mut self, extra_args: &[&str]) {
-        ensure_bpffs();
+        // Without a private sysfs the daemon mounts bpffs itself where it is missing (the
+        // machine's own, as on a fresh host); a private sysfs gets the machine's bound back.
+        if self.oncache_private_sysfs && self.oncache_bpffs {
+            ensure_bpffs();
+        }
         let mut args: Vec<String> = vec![
             "daemon".into(),
             "--socket".into(),
@@ -957,6 +965,14 @@ exec {dockerd}
     /// under /sys/fs/bpf are the machine's), as a real host would have.
     pub fn set_oncache_private_sysfs(&mut self, on: bool) {
         self.oncache_private_sysfs = on;
+    }
+
+    /// Later starts run the plugin in a private mount namespace with a fresh sysfs and NO
+    /// bpffs on /sys/fs/bpf, as on a fresh host where nothing mounted it: whatever the plugin
+    /// mounts and pins there is private to it and goes when it exits.
+    pub fn set_oncache_without_bpffs(&mut self) {
+        self.oncache_private_sysfs = true;
+        self.oncache_bpffs = false;
     }
 
     /// Start any program as "the plugin" of this host (same socket, log, process tracking and
@@ -1007,7 +1023,8 @@ exec {dockerd}
             c.args(["unshare", "--mount", "--propagation", "private"])
                 .args(["sh", "-c", PRIVATE_SYSFS_EXEC])
                 .arg(&procs)
-                .arg(self.dir.join(".sysfs-stash"));
+                .arg(self.dir.join(".sysfs-stash"))
+                .arg(if self.oncache_bpffs { "bpffs" } else { "no-bpffs" });
         } else {
             c.args(["sh", "-c", "echo $$ > \"$0\" && exec \"$@\""])
                 .arg(&procs);
@@ -1188,13 +1205,14 @@ exec {dockerd}
     }
 }
 
-/// `sh -c` script: `$0` = cgroup.procs to join, `$1` = stash folder, then the command. Run in a
-/// new private mount namespace of the host's netns: sysfs of that netns on /sys, the machine's
-/// /sys/fs/cgroup and /sys/fs/bpf bound back on top, copies of /run/netns/* dropped (they would
-/// keep other labs' namespaces alive).
+/// `sh -c` script: `$0` = cgroup.procs to join, `$1` = stash folder, `$2` = `bpffs` or
+/// `no-bpffs`, then the command. Run in a new private mount namespace of the host's netns:
+/// sysfs of that netns on /sys, the machine's /sys/fs/cgroup (and /sys/fs/bpf with `bpffs`)
+/// bound back on top, copies of /run/netns/* dropped (they would keep other labs' namespaces
+/// alive).
 const PRIVATE_SYSFS_EXEC: &str = r#"set -eu
 echo $$ > "$0"
-stash=$1; shift
+stash=$1; bpf=$2; shift 2
 for m in $(awk '{print $5}' /proc/self/mountinfo | grep -E '^/run/netns(/|$)' | sort -r); do
     umount -l "$m" 2>/dev/null || true
 done
@@ -1202,7 +1220,7 @@ mkdir -p "$stash"
 mount --rbind /sys "$stash"
 mount -t sysfs sysfs /sys
 mount --rbind "$stash/fs/cgroup" /sys/fs/cgroup
-if awk '$5 == "/sys/fs/bpf"' /proc/self/mountinfo | grep -q .; then
+if [ "$bpf" = bpffs ] && awk '$5 == "/sys/fs/bpf"' /proc/self/mountinfo | grep -q .; then
     mount --rbind "$stash/fs/bpf" /sys/fs/bpf
 fi
 umount -l "$stash"

@@ -3,6 +3,8 @@
 #   packaging/install.sh            build, install, start (and start Docker if it is not running)
 #   packaging/install.sh stop       stop the daemon (the overlay's links stay up)
 #   packaging/install.sh uninstall  stop it and remove the binary, unit and its links
+#   packaging/install.sh image      import the demo image oncache-demo:latest (busybox, iperf3,
+#                                   sockperf) into the Docker that DOCKER_HOST names; no registry
 # Run as root from a checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,8 +33,23 @@ uninstall)
     rm -f "$UNIT" "$BIN"
     echo "oncache uninstalled (state kept in /var/lib/oncache; remove it to forget networks)"
     exit 0 ;;
+image)
+    IMAGE=${IMAGE:-oncache-demo:latest}
+    need=()
+    dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+    command -v iperf3 >/dev/null || need+=(iperf3)
+    command -v sockperf >/dev/null || need+=(sockperf)
+    if [ ${#need[@]} -gt 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    fi
+    tar=$(mktemp --suffix=.tar)
+    trap 'rm -f "$tar"' EXIT
+    tests/image/build-rootfs.sh "$tar"
+    docker import -c 'CMD ["/bin/sh"]' -c 'ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin' "$tar" "$IMAGE" >/dev/null
+    echo "imported $IMAGE (busybox, iperf3, sockperf)"
+    exit 0 ;;
 install) ;;
-*) echo "usage: $0 [install|stop|uninstall]" >&2; exit 2 ;;
+*) echo "usage: $0 [install|stop|uninstall|image]" >&2; exit 2 ;;
 esac
 
 packaging/deps.sh
@@ -61,4 +78,11 @@ else
     fi
     echo "oncache is running as PID $(cat "$PIDFILE") (log $LOG); stop it with: $0 stop"
 fi
+# Prove the install: what the kernel offers, and whether the daemon runs the fast path.
+"$BIN" doctor || true
+fast=$("$BIN" status --json | sed -n 's/^ *"fastpath": "\(.*\)",$/\1/p')
+case $fast in
+on*) echo "oncache: fast path ON ($fast)" ;;
+*) echo "oncache: fast path OFF, serving the slow path only: $fast" ;;
+esac
 echo "try: docker network create -d oncache --subnet 10.201.0.0/24 n1"

@@ -147,3 +147,43 @@ fn dockerd_restart_brings_back_restart_always_containers() {
     assert_eq!(oncache_links(h).iter().filter(|l| l.starts_with("ocve")).count(), 2, "{:?}", oncache_links(h));
     lab.finish();
 }
+
+/// README's "Use" example, line by line as a user types it (without `sudo`: we are root),
+/// against this host's dockerd and daemon.
+#[test]
+fn readme_example_runs_as_written() {
+    let lab = one_host();
+    let h = lab.host(0);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let block = readme
+        .split("\n## Use\n")
+        .nth(1)
+        .and_then(|s| s.split("```sh\n").nth(1))
+        .and_then(|s| s.split("\n```").next())
+        .expect("README has a sh block under ## Use");
+    let bin_dir = std::path::Path::new(BIN).parent().unwrap().display().to_string();
+    let env = format!(
+        "cd {} && export DOCKER_HOST=unix://{} ONCACHE_SOCKET={} PATH={bin_dir}:$PATH IMAGE=oncache-demo:latest",
+        root.display(),
+        h.docker_sock().display(),
+        h.oncache_socket().display()
+    );
+    let mut out = String::new();
+    for line in block.lines() {
+        let cmd = line.split("  #").next().unwrap().trim();
+        let cmd = cmd.strip_prefix("sudo ").unwrap_or(cmd);
+        if cmd.is_empty() {
+            continue;
+        }
+        let o = h.try_sh_timeout(&format!("{env} && {cmd}"), Duration::from_secs(120)).unwrap_or_else(|e| panic!("README line `{line}` failed:\n{e}"));
+        out.push_str(&o);
+    }
+    assert!(out.contains("3 packets received"), "ping by name:\n{out}");
+    assert!(out.contains("receiver"), "iperf3:\n{out}");
+    assert!(out.contains("fast path on"), "status:\n{out}");
+    h.docker(&["rm", "-f", "web"]);
+    h.docker(&["network", "rm", "n1"]);
+    h.docker(&["rmi", "oncache-demo:latest"]);
+    lab.finish();
+}

@@ -63,3 +63,43 @@ fn containers_on_two_hosts_talk_over_the_vxlan_overlay() {
     }
     lab.finish();
 }
+
+/// A peer flooding the announcement port (valid datagrams, each one work for the driver)
+/// delays dockerd's calls by at most one announcement each: containers still start and leave.
+#[test]
+fn announcement_flood_does_not_starve_dockerd() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut lab = Lab::new(2);
+    lab.start_dockerds();
+    let (ip0, ip1) = (lab.host(0).underlay_ip, lab.host(1).underlay_ip);
+    lab.host_mut(0).start_oncache(&["--peer", &ip1.to_string()]);
+    lab.host_mut(1).start_oncache(&["--peer", &ip0.to_string()]);
+    let (h0, h1) = (lab.host(0), lab.host(1));
+    create_shared_network(h0, "10.202.0.0/25");
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // From host 1's namespace (a peer), as fast as one thread sends, for at most 60 s.
+    let flood = support::traffic::in_netns(&h1.netns_path(), move || {
+        let s = std::net::UdpSocket::bind((ip1, 0)).unwrap();
+        let start = std::time::Instant::now();
+        let mut sent = 0u64;
+        while !flag.load(Ordering::Relaxed) && start.elapsed() < std::time::Duration::from_secs(60) {
+            let msg = format!(r#"{{"event":"leave","vni":100,"ip":"10.202.0.{}","mac":"02:42:0a:ca:00:{:02x}"}}"#, 130 + sent % 100, sent % 100);
+            if s.send_to(msg.as_bytes(), (ip0, 4788)).is_ok() {
+                sent += 1;
+            }
+        }
+        sent
+    });
+    for i in 0..3 {
+        h0.docker(&["run", "--rm", "--pull=never", "--network", "ov", lab::IMAGE, "true"]);
+        eprintln!("container {i} started and removed during the flood");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = flood.join().unwrap();
+    assert!(sent > 1000, "the flood sent only {sent} datagrams");
+    assert!(h0.oncache_log().contains("announced Leave"), "the daemon never processed the flood");
+    h0.docker(&["network", "rm", "ov"]);
+    lab.finish();
+}

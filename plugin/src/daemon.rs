@@ -87,6 +87,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                 .with_context(|| format!("binding announcements to {}:{port}", dp.underlay.ip))?,
         )),
     };
+    let peers = store.clone();
     let mut driver = Driver::new(store, dp, fast, announcer.clone());
     for p in &cfg.peers {
         driver.add_peer(*p).await.with_context(|| format!("--peer {p}"))?;
@@ -98,7 +99,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     notify_ready();
     let driver = server::Plugin::new(driver);
     if let Some(a) = announcer {
-        tokio::spawn(listen_announcements(a, driver.clone()));
+        tokio::spawn(listen_announcements(a, peers, driver.clone()));
     }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -151,8 +152,10 @@ fn notify_ready() {
     }
 }
 
-/// Applies peers' announcements as they arrive; bad datagrams are logged and dropped.
-async fn listen_announcements(announcer: Arc<Announcer>, driver: server::Shared) {
+/// Applies peers' announcements as they arrive; bad datagrams are logged and dropped. Only a
+/// known peer's datagram ever waits for the driver, one at a time, in the lock's first-come
+/// order: a flood delays a dockerd call by at most the one announcement ahead of it.
+async fn listen_announcements(announcer: Arc<Announcer>, peers: Store, driver: server::Shared) {
     loop {
         let (from, bytes) = match announcer.recv().await {
             Ok(r) => r,
@@ -162,6 +165,10 @@ async fn listen_announcements(announcer: Arc<Announcer>, driver: server::Shared)
                 continue;
             }
         };
+        if !peers.peers().is_ok_and(|p| p.contains(&from)) {
+            log::debug!("ignoring a datagram from {from}, not a peer");
+            continue;
+        }
         match Announcement::decode(&bytes) {
             Ok(a) => {
                 if let Err(e) = driver.driver.lock().await.apply_announcement(from, &a).await {

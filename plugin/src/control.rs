@@ -51,6 +51,12 @@ pub struct Status {
     /// "on", or "off: <why>".
     pub fastpath: String,
     pub peers: Vec<IpAddr>,
+    /// Peers the gossip hears from now.
+    #[serde(default)]
+    pub live_peers: Vec<IpAddr>,
+    /// Other hosts' containers programmed here (forwarding, neighbour and fast-path entries).
+    #[serde(default)]
+    pub remote_endpoints: usize,
     pub networks: Vec<NetworkStatus>,
 }
 

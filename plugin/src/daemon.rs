@@ -1,6 +1,6 @@
 //! `oncache daemon`: opens the store, brings the kernel in line with it, serves the socket.
 
-use crate::announce::{Announcement, Announcer};
+use crate::cluster::{self, Cluster};
 use crate::dataplane::Dataplane;
 use crate::driver::Driver;
 use crate::fastpath::{features, AttachMode, FastPath};
@@ -32,10 +32,10 @@ pub struct Config {
     /// bpffs folder for the fast path's pinned programs, maps and links.
     #[arg(long, default_value = crate::DEFAULT_BPF_DIR)]
     pub bpf_dir: PathBuf,
-    /// UDP port on the underlay where hosts tell each other about containers joining and
-    /// leaving (0 turns announcements off).
-    #[arg(long, default_value_t = crate::announce::DEFAULT_PORT)]
-    pub announce_port: u16,
+    /// UDP port on the underlay where the hosts gossip which containers each has (the same on
+    /// every host; 0: this host runs alone and tells no one).
+    #[arg(long, alias = "announce-port", default_value_t = cluster::DEFAULT_PORT)]
+    pub gossip_port: u16,
     /// How to attach the fast path's programs [default: tcx where the kernel has it (6.6+),
     /// otherwise clsact].
     #[arg(long, value_enum)]
@@ -79,16 +79,12 @@ pub async fn run(cfg: Config) -> Result<()> {
     let dp = Dataplane::new(cfg.underlay.as_deref()).await?;
     log::info!("underlay {} ({}, MTU {})", dp.underlay.name, dp.underlay.ip, dp.underlay.mtu);
     let fast = start_fast_path(&cfg, &dp.underlay)?;
-    let announcer = match cfg.announce_port {
+    let peers: Vec<std::net::IpAddr> = store.peers()?.into_iter().chain(cfg.peers.iter().copied()).collect();
+    let cluster = match cfg.gossip_port {
         0 => None,
-        port => Some(Arc::new(
-            Announcer::bind(dp.underlay.ip, port)
-                .await
-                .with_context(|| format!("binding announcements to {}:{port}", dp.underlay.ip))?,
-        )),
+        port => Some(Arc::new(Cluster::start(dp.underlay.ip.into(), port, &peers).await?)),
     };
-    let peers = store.clone();
-    let mut driver = Driver::new(store, dp, fast, announcer.clone());
+    let mut driver = Driver::new(store, dp, fast, cluster.clone());
     for p in &cfg.peers {
         driver.add_peer(*p).await.with_context(|| format!("--peer {p}"))?;
     }
@@ -98,8 +94,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     log::info!("serving the oncache network driver on {}", cfg.socket.display());
     notify_ready();
     let driver = server::Plugin::new(driver);
-    if let Some(a) = announcer {
-        tokio::spawn(listen_announcements(a, peers, driver.clone()));
+    if let Some(c) = cluster {
+        tokio::spawn(follow_cluster(c, driver.clone()));
     }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -152,30 +148,16 @@ fn notify_ready() {
     }
 }
 
-/// Applies peers' announcements as they arrive; bad datagrams are logged and dropped. Only a
-/// known peer's datagram ever waits for the driver, one at a time, in the lock's first-come
-/// order: a flood delays a dockerd call by at most the one announcement ahead of it.
-async fn listen_announcements(announcer: Arc<Announcer>, peers: Store, driver: server::Shared) {
+/// Applies what the cluster says to the kernel, every gossip interval: other hosts'
+/// containers joining, leaving, moving; hosts going away.
+async fn follow_cluster(cluster: Arc<Cluster>, plugin: server::Shared) {
+    let mut tick = tokio::time::interval(cluster::GOSSIP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let (from, bytes) = match announcer.recv().await {
-            Ok(r) => r,
-            Err(e) => {
-                log::warn!("announcements: {e}");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        if !peers.peers().is_ok_and(|p| p.contains(&from)) {
-            log::debug!("ignoring a datagram from {from}, not a peer");
-            continue;
-        }
-        match Announcement::decode(&bytes) {
-            Ok(a) => {
-                if let Err(e) = driver.driver.lock().await.apply_announcement(from, &a).await {
-                    log::warn!("announcement from {from}: {e:#}");
-                }
-            }
-            Err(e) => log::warn!("announcement from {from}: {e}"),
+        tick.tick().await;
+        let view = cluster.view().await;
+        if let Err(e) = plugin.driver.lock().await.apply_view(&view).await {
+            log::warn!("applying the cluster's view: {e:#}");
         }
     }
 }

@@ -3,8 +3,8 @@
 //! operation is idempotent: dockerd repeats calls after restarts and expects success for
 //! things that are already done or already gone.
 
-use crate::announce::{Announcement, Announcer, Event};
 use crate::cidr::Cidr;
+use crate::cluster::{self, Cluster, Published, Remote};
 use crate::control::{NetworkStatus, Status};
 use crate::dataplane::{Dataplane, NetSpec};
 use crate::fastpath::{self, FastPath};
@@ -12,7 +12,9 @@ use crate::{naming, options};
 use anyhow::{anyhow, bail, Context, Result};
 use libnetwork_api::driver as api;
 use oncache_store::{Endpoint, Network, Store};
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 pub struct Driver {
     store: Store,
@@ -20,7 +22,10 @@ pub struct Driver {
     /// None when the kernel lacks something the fast path needs; `fast_off` says what.
     fast: Option<FastPath>,
     fast_off: String,
-    announcer: Option<std::sync::Arc<Announcer>>,
+    /// The control plane; None when this host runs alone (`--gossip-port 0`).
+    cluster: Option<Arc<Cluster>>,
+    /// The remote endpoints programmed into the kernel (and the fast path), as last applied.
+    remotes: BTreeMap<cluster::view::Key, Remote>,
 }
 
 /// An endpoint's IPv4 address, if it has one (the fast path is IPv4).
@@ -38,7 +43,16 @@ fn checked<'a>(kind: &str, id: &'a str) -> Result<&'a str> {
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    now_ms() / 1000
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// An endpoint's addresses (IPv4 and IPv6), without prefix lengths.
+fn addrs_of(ep: &Endpoint) -> Vec<IpAddr> {
+    [&ep.ipv4, &ep.ipv6].into_iter().flatten().filter_map(|a| Cidr::parse(a).ok()).map(|c| c.addr).collect()
 }
 
 fn spec(n: &Network) -> NetSpec {
@@ -53,12 +67,12 @@ fn pools(data: &[api::IpamData]) -> Result<Vec<String>> {
 }
 
 impl Driver {
-    pub fn new(store: Store, dp: Dataplane, fast: Result<FastPath, String>, announcer: Option<std::sync::Arc<Announcer>>) -> Driver {
+    pub fn new(store: Store, dp: Dataplane, fast: Result<FastPath, String>, cluster: Option<Arc<Cluster>>) -> Driver {
         let (fast, fast_off) = match fast {
             Ok(f) => (Some(f), String::new()),
             Err(why) => (None, why),
         };
-        Driver { store, dp, fast, fast_off, announcer }
+        Driver { store, dp, fast, fast_off, cluster, remotes: BTreeMap::new() }
     }
 
     fn fast(&mut self) -> Result<&mut FastPath> {
@@ -75,20 +89,76 @@ impl Driver {
         Ok(())
     }
 
-    async fn announce(&self, event: Event, vni: u32, ep: &Endpoint) {
-        let (Some(a), Some(ip)) = (&self.announcer, ipv4_of(ep)) else { return };
-        let peers = self.kernel_peers().unwrap_or_default();
-        a.send(&peers, &Announcement { event, vni, ip, mac: ep.mac.clone() }).await;
+    /// Tells the other hosts which endpoints are joined here now (all of them: the gossip
+    /// sends only what changed).
+    async fn publish(&self) -> Result<()> {
+        let Some(c) = &self.cluster else { return Ok(()) };
+        let networks = self.store.networks()?;
+        let mut eps = Vec::new();
+        for ep in self.store.endpoints()?.iter().filter(|e| e.sandbox.is_some()) {
+            let (Some(n), Ok(mac)) = (networks.iter().find(|n| n.id == ep.network_id), naming::parse_mac(&ep.mac)) else { continue };
+            for ip in addrs_of(ep) {
+                eps.push(Published { vni: n.vni, ip, mac, since: ep.joined_at });
+            }
+        }
+        c.publish(&eps).await;
+        Ok(())
     }
 
-    /// Forgets where an address of network `vni` was learned to live: VXLAN forwarding entries
-    /// for its MAC (those `stale` selects) and the fast path's egress entry and flows.
-    async fn forget_remote(&mut self, vni: u32, ip: Ipv4Addr, mac: [u8; 6], stale: impl Fn(IpAddr) -> bool) -> Result<()> {
-        self.dp.forget_mac(vni, mac, stale).await?;
-        if let Some(f) = self.fast.as_mut() {
-            f.maps.forget_remote(vni, ip.octets())?;
+    /// Brings the kernel's remote endpoints in line with what the cluster says
+    /// (see [`cluster::view::remotes`]); entries of peers not heard from since start are kept.
+    pub async fn apply_view(&mut self, v: &cluster::View) -> Result<()> {
+        let networks = self.store.networks()?;
+        let vnis: HashSet<u32> = networks.iter().map(|n| n.vni).collect();
+        let mut local = HashSet::new();
+        for ep in self.store.endpoints()?.iter().filter(|e| e.sandbox.is_some()) {
+            if let Some(n) = networks.iter().find(|n| n.id == ep.network_id) {
+                local.extend(addrs_of(ep).into_iter().map(|ip| (n.vni, ip)));
+            }
+        }
+        let mut want = cluster::view::remotes(&local, &vnis, v.hosts.iter().map(|(ip, eps)| (*ip, &eps[..])));
+        for (k, r) in &self.remotes {
+            if v.pending.contains(&r.vtep) && !local.contains(k) && vnis.contains(&k.0) {
+                want.entry(*k).or_insert(*r);
+            }
+        }
+        self.set_remotes(want).await
+    }
+
+    /// Makes the programmed remote endpoints exactly `want`.
+    async fn set_remotes(&mut self, want: BTreeMap<cluster::view::Key, Remote>) -> Result<()> {
+        let (add, remove) = cluster::view::diff(&self.remotes, &want);
+        if add.is_empty() && remove.is_empty() {
+            return Ok(());
+        }
+        let fast_vnis: HashSet<u32> = self.store.networks()?.iter().filter(|n| n.fastpath).map(|n| n.vni).collect();
+        for ((vni, ip), r) in remove {
+            let in_use = want.iter().any(|((v, _), o)| *v == vni && o.mac == r.mac && o.vtep == r.vtep);
+            self.dp.unset_remote(vni, ip, r, in_use).await?;
+            if let (Some(f), IpAddr::V4(v4)) = (self.fast.as_mut(), ip) {
+                f.maps.forget_remote(vni, v4.octets())?;
+            }
+            self.remotes.remove(&(vni, ip));
+            log::debug!("remote {ip} (VNI {vni}) at {} removed", r.vtep);
+        }
+        for ((vni, ip), r) in add {
+            self.dp.set_remote(vni, ip, r).await?;
+            if let (Some(f), IpAddr::V4(v4), IpAddr::V4(vtep)) = (self.fast.as_mut(), ip, r.vtep) {
+                if fast_vnis.contains(&vni) {
+                    f.maps.set_remote(vni, v4.octets(), vtep.octets(), r.mac)?;
+                }
+            }
+            self.remotes.insert((vni, ip), r);
+            log::debug!("remote {ip} (VNI {vni}) at {}", r.vtep);
         }
         Ok(())
+    }
+
+    /// Drops what is programmed for addresses that now live here (a local join wins at once,
+    /// before the next view) or for a network that is gone.
+    async fn drop_remotes(&mut self, gone: impl Fn(&cluster::view::Key) -> bool) -> Result<()> {
+        let want = self.remotes.iter().filter(|(k, _)| !gone(k)).map(|(k, r)| (*k, *r)).collect();
+        self.set_remotes(want).await
     }
 
     /// Takes an endpoint off the data plane: fast path first (while its veth still has an
@@ -107,9 +177,6 @@ impl Driver {
         self.store.network(id)?.ok_or_else(|| anyhow!("network {id} is not an oncache network on this host"))
     }
 
-    fn vnis(&self) -> Result<Vec<u32>> {
-        Ok(self.store.networks()?.iter().map(|n| n.vni).collect())
-    }
 
     pub fn capabilities(&self) -> api::CapabilitiesResponse {
         // Local scope: each dockerd owns its network records. Multi-host comes from the same
@@ -129,7 +196,7 @@ impl Driver {
 
         if let Some(n) = self.store.network(&req.network_id)? {
             // dockerd retries CreateNetwork after a failed attempt; converge, don't fail.
-            self.dp.ensure_network(spec(&n), &self.kernel_peers()?).await?;
+            self.dp.ensure_network(spec(&n)).await?;
             return Ok(());
         }
         let others = self.store.networks()?;
@@ -171,7 +238,7 @@ impl Driver {
             created: now(),
         };
         self.store.put_network(&n)?;
-        if let Err(e) = self.dp.ensure_network(spec(&n), &self.kernel_peers()?).await {
+        if let Err(e) = self.dp.ensure_network(spec(&n)).await {
             // Leave neither a record nor half-made links behind a failed create.
             let _ = self.dp.remove_network(vni).await;
             self.store.delete_network(&n.id)?;
@@ -190,15 +257,14 @@ impl Driver {
         for ep in self.store.endpoints_of(id)? {
             self.unplug(&ep.id, Some(&ep), Some(n.vni)).await?;
             self.store.delete_endpoint(&ep.id)?;
-            if ep.sandbox.is_some() {
-                self.announce(Event::Leave, n.vni, &ep).await;
-            }
         }
+        self.drop_remotes(|(vni, _)| *vni == n.vni).await?;
         if let Some(f) = self.fast.as_mut() {
             f.maps.remove_network(n.vni)?;
         }
         self.dp.remove_network(n.vni).await?;
         self.store.delete_network(id)?;
+        self.publish().await?;
         log::info!("network {id} deleted (VNI {})", n.vni);
         Ok(())
     }
@@ -249,6 +315,7 @@ impl Driver {
                     ipv6: ipv6.map(String::from),
                     mac: naming::format_mac(mac),
                     sandbox: None,
+                    joined_at: 0,
                 };
                 self.store.put_endpoint(&e)?;
                 e
@@ -287,8 +354,10 @@ impl Driver {
             None => None,
         };
         self.unplug(id, ep.as_ref(), vni).await?;
-        if let (Some(ep), Some(vni)) = (self.store.delete_endpoint(id)?, vni) {
-            self.announce(Event::Leave, vni, &ep).await;
+        if let Some(ep) = self.store.delete_endpoint(id)? {
+            if ep.sandbox.is_some() {
+                self.publish().await?;
+            }
             log::info!("endpoint {id} deleted");
         }
         Ok(())
@@ -300,7 +369,7 @@ impl Driver {
             .endpoint(checked("endpoint", &req.endpoint_id)?)?
             .ok_or_else(|| anyhow!("endpoint {} not found (CreateEndpoint first)", req.endpoint_id))?;
         let n = self.network(&ep.network_id)?;
-        self.dp.ensure_network(spec(&n), &self.kernel_peers()?).await?;
+        self.dp.ensure_network(spec(&n)).await?;
         let answer = |src: String| api::JoinResponse {
             // No gateway: Docker connects the container to docker_gwbridge for outside traffic.
             interface_name: api::InterfaceName { src_name: src, dst_prefix: "eth".into() },
@@ -318,18 +387,18 @@ impl Driver {
         let mac = naming::parse_mac(&ep.mac).map_err(|e| anyhow!(e))?;
         let src = self.dp.ensure_veth(&ep.id, spec(&n), mac).await?;
         ep.sandbox = Some(req.sandbox_key.clone());
+        ep.joined_at = now_ms();
         if let Err(e) = self.store.put_endpoint(&ep) {
             let _ = self.dp.remove_veth(&ep.id).await;
             return Err(e.into());
         }
-        if let Some(ip) = ipv4_of(&ep) {
-            // The address lives here now: whatever was learned about it elsewhere is stale.
-            self.forget_remote(n.vni, ip, mac, |_| true).await?;
-        }
+        // The address lives here now: what other hosts had of it is stale.
+        let mine: Vec<_> = addrs_of(&ep).into_iter().map(|ip| (n.vni, ip)).collect();
+        self.drop_remotes(|k| mine.contains(k)).await?;
         if let Err(e) = self.plug_fast(&ep, &n).await {
             log::warn!("endpoint {}: fast path not attached, slow path only: {e:#}", ep.id);
         }
-        self.announce(Event::Join, n.vni, &ep).await;
+        self.publish().await?;
         log::info!("endpoint {} joined {} via {src}", ep.id, req.sandbox_key);
         Ok(answer(src))
     }
@@ -342,7 +411,7 @@ impl Driver {
         let veth = naming::veth_host(&ep.id);
         let ifindex = self.dp.link_index(&veth).await?.ok_or_else(|| anyhow!("{veth} is missing"))?;
         let mac = naming::parse_mac(&ep.mac).map_err(|e| anyhow!(e))?;
-        let info = oncache_common::EndpointInfo { vni: n.vni, ip: ip.octets(), mac, _pad: [0; 2] };
+        let info = oncache_common::EndpointInfo { vni: n.vni, ip: ip.octets(), mac, _pad: [0; 2], gen: 0 };
         self.fast()?.attach_endpoint(&veth, ifindex, info)
     }
 
@@ -359,12 +428,11 @@ impl Driver {
         if let Some(mut ep) = ep {
             if ep.sandbox.take().is_some() {
                 self.store.put_endpoint(&ep)?;
-                if let Some(n) = &n {
-                    self.announce(Event::Leave, n.vni, &ep).await;
-                }
+                self.publish().await?;
                 log::info!("endpoint {} left", ep.id);
             }
         }
+        let _ = n;
         Ok(())
     }
 
@@ -400,9 +468,9 @@ impl Driver {
         None
     }
 
-    /// The stored peers the kernel is given: one stored by an older oncache that this host
+    /// The stored peers this host gossips with: one stored by an older oncache that this host
     /// cannot use is skipped (and said), never fatal.
-    fn kernel_peers(&self) -> Result<Vec<IpAddr>> {
+    fn usable_peers(&self) -> Result<Vec<IpAddr>> {
         let mut out = self.store.peers()?;
         out.retain(|p| match self.peer_problem(*p) {
             None => true,
@@ -414,54 +482,34 @@ impl Driver {
         Ok(out)
     }
 
-    /// Adds a peer: the kernel first, then the store, so that a peer the kernel refuses is
-    /// never kept (the kernel is put back as it was).
+    /// Adds a peer host: checked, stored, and gossiped with from now on.
     pub async fn add_peer(&mut self, ip: IpAddr) -> Result<()> {
         if let Some(why) = self.peer_problem(ip) {
             bail!(why);
         }
-        let before = self.kernel_peers()?;
-        if before.contains(&ip) {
-            return Ok(());
+        if self.store.add_peer(ip)? {
+            log::info!("peer {ip} added");
         }
-        let mut after = before.clone();
-        after.push(ip);
-        let vnis = self.vnis()?;
-        if let Err(e) = self.dp.sync_peers(&vnis, &after).await {
-            let _ = self.dp.sync_peers(&vnis, &before).await;
-            return Err(e.context(format!("peer {ip} not added")));
+        if let Some(c) = &self.cluster {
+            c.set_peers(&self.usable_peers()?);
         }
-        self.store.add_peer(ip)?;
-        log::info!("peer {ip} added");
         Ok(())
     }
 
+    /// Removes a peer host and, at once, everything programmed for its containers.
     pub async fn remove_peer(&mut self, ip: IpAddr) -> Result<()> {
         if self.store.remove_peer(ip)? {
             log::info!("peer {ip} removed");
         }
+        if let Some(c) = &self.cluster {
+            c.set_peers(&self.usable_peers()?);
+        }
+        let gone: Vec<_> = self.remotes.iter().filter(|(_, r)| r.vtep == ip).map(|(k, _)| *k).collect();
+        self.drop_remotes(|k| gone.contains(k)).await?;
         if let (Some(f), IpAddr::V4(v4)) = (self.fast.as_mut(), ip) {
             f.maps.forget_peer(v4.octets())?;
         }
-        self.dp.sync_peers(&self.vnis()?, &self.kernel_peers()?).await
-    }
-
-    /// A peer announced that an address joined or left it (see [`crate::announce`]).
-    pub async fn apply_announcement(&mut self, from: IpAddr, a: &Announcement) -> Result<()> {
-        if !self.store.peers()?.contains(&from) {
-            log::debug!("ignoring announcement from {from}, not a peer");
-            return Ok(());
-        }
-        if !self.store.networks()?.iter().any(|n| n.vni == a.vni) {
-            return Ok(());
-        }
-        let mac = naming::parse_mac(&a.mac).map_err(|e| anyhow!(e))?;
-        log::debug!("{from} announced {:?} of {} ({}) in VNI {}", a.event, a.ip, a.mac, a.vni);
-        match a.event {
-            // It lives at `from` now: entries pointing elsewhere are stale.
-            Event::Join => self.forget_remote(a.vni, a.ip, mac, |dst| dst != from).await,
-            Event::Leave => self.forget_remote(a.vni, a.ip, mac, |dst| dst == from).await,
-        }
+        Ok(())
     }
 
     pub fn fast_stats(&mut self) -> Result<fastpath::maps::Stats> {
@@ -488,7 +536,7 @@ impl Driver {
         Ok(self.store.endpoints_with_prefix(tag)?.into_iter().map(|e| e.id).find(|o| o != id && naming::ep_tag(o) == tag))
     }
 
-    pub fn status(&self) -> Result<Status> {
+    pub async fn status(&self) -> Result<Status> {
         let endpoints = self.store.endpoints()?;
         let networks = self
             .store
@@ -511,6 +559,11 @@ impl Driver {
                 None => format!("off: {}", self.fast_off),
             },
             peers: self.store.peers()?,
+            live_peers: match &self.cluster {
+                Some(c) => c.live_peers().await,
+                None => Vec::new(),
+            },
+            remote_endpoints: self.remotes.len(),
             networks,
         })
     }
@@ -518,27 +571,41 @@ impl Driver {
     /// Brings the kernel in line with the store after a start: recreate what stored networks
     /// need, re-attach surviving veths, remove oncache links nothing owns.
     pub async fn reconcile(&mut self) -> Result<()> {
-        let peers = self.kernel_peers()?;
+        let peers = self.usable_peers()?;
         let networks = self.store.networks()?;
         for n in &networks {
-            self.dp.ensure_network(spec(n), &peers).await.with_context(|| format!("restoring network {}", n.id))?;
+            self.dp.ensure_network(spec(n)).await.with_context(|| format!("restoring network {}", n.id))?;
         }
-        let endpoints = self.store.endpoints()?;
-        for ep in &endpoints {
+        let mut endpoints = self.store.endpoints()?;
+        for ep in &mut endpoints {
             if let Some(n) = networks.iter().find(|n| n.id == ep.network_id) {
-                self.dp.reattach_veth(&ep.id, n.vni).await?;
+                let attached = self.dp.reattach_veth(&ep.id, n.vni).await?;
+                if !attached && ep.sandbox.take().is_some() {
+                    // Its container went away while the daemon was down (the pair goes with
+                    // the container's namespace): it is no longer here to be reached.
+                    self.store.put_endpoint(ep)?;
+                    log::info!("endpoint {} left while oncache was down", ep.id);
+                }
             }
         }
         let vnis: Vec<u32> = networks.iter().map(|n| n.vni).collect();
+        // What the kernel was told of other hosts' containers stays until the cluster says
+        // otherwise: a restart interrupts no traffic.
+        self.remotes = self.dp.remotes_in_kernel(&vnis).await?;
         let tags: Vec<&str> = endpoints.iter().map(|e| naming::ep_tag(&e.id)).collect();
         let removed = self.dp.remove_orphans(&vnis, &tags).await?;
         if self.fast.is_some() {
             self.reconcile_fast(&networks, &endpoints).await?;
         }
+        if let Some(c) = &self.cluster {
+            c.set_peers(&peers);
+        }
+        self.publish().await?;
         log::info!(
-            "reconciled {} networks, {} endpoints, {} peers; removed orphans: {:?}",
+            "reconciled {} networks, {} endpoints, {} remote endpoints, {} peers; removed orphans: {:?}",
             networks.len(),
             endpoints.len(),
+            self.remotes.len(),
             peers.len(),
             removed
         );
@@ -565,7 +632,14 @@ impl Driver {
             veths.push(veth);
         }
         let underlay = self.dp.underlay.name.clone();
+        let fast_vnis: HashSet<u32> = networks.iter().filter(|n| n.fastpath).map(|n| n.vni).collect();
+        let remotes = self.remotes.clone();
         let f = self.fast()?;
+        for ((vni, ip), r) in remotes {
+            if let (true, IpAddr::V4(ip), IpAddr::V4(vtep)) = (fast_vnis.contains(&vni), ip, r.vtep) {
+                f.maps.set_remote(vni, ip.octets(), vtep.octets(), r.mac)?;
+            }
+        }
         let stale = f.maps.retain_endpoints(&live)?;
         let links = f.prune_links(&veths, &underlay)?;
         log::info!("fast path: {} endpoints attached, {stale} stale endpoints and links {links:?} removed", live.len());

@@ -1,8 +1,8 @@
 //! oncache as a library: the driver core and its front ends, used by the `oncache` binary
 //! (daemon and CLI) and by the fuzz targets in `fuzz/`.
 
-pub mod announce;
 pub mod cidr;
+pub mod cluster;
 pub mod client;
 pub mod control;
 pub mod daemon;

@@ -174,8 +174,10 @@ async fn status(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("oncache {}  underlay {} ({}, MTU {})  fast path {}", s.version, s.underlay, s.underlay_ip, s.underlay_mtu, s.fastpath);
-    let peers: Vec<String> = s.peers.iter().map(|p| p.to_string()).collect();
+    let peers: Vec<String> =
+        s.peers.iter().map(|p| format!("{p}{}", if s.live_peers.contains(p) { "" } else { " (not heard from)" })).collect();
     println!("peers: {}", if peers.is_empty() { "none".into() } else { peers.join(", ") });
+    println!("remote endpoints: {}", s.remote_endpoints);
     for n in &s.networks {
         let id = &n.network.id[..n.network.id.len().min(12)];
         println!(

@@ -134,7 +134,7 @@ async fn dispatch(plugin: &Shared, method: &str, body: &[u8]) -> Answer {
             empty()
         }
         control::PEER_LIST => json(control::PeerList { peers: d.peers().map_err(failed)? }),
-        control::STATUS => json(d.status().map_err(failed)?),
+        control::STATUS => json(d.status().await.map_err(failed)?),
         control::STATS => json(d.fast_stats().map_err(failed)?),
         control::CACHE_LIST => json(d.cache_list().map_err(failed)?),
         control::CACHE_FLUSH => json(control::Flushed { removed: d.cache_flush().map_err(failed)? }),

@@ -93,7 +93,7 @@ impl Testbed {
     pub fn reset(&self) -> Result<Vec<String>> {
         self.rt.block_on(async {
             let mut d = self.plugin.driver.lock().await;
-            for n in d.status()?.networks {
+            for n in d.status().await?.networks {
                 d.remove_network(&n.network.id, true).await?;
             }
             for p in d.peers()? {

@@ -45,6 +45,10 @@ pub struct Endpoint {
     /// Set between Join and Leave: the sandbox (network namespace path) it joined.
     #[serde(default)]
     pub sandbox: Option<String>,
+    /// When it last joined (ms since the Unix epoch): published to the other hosts, where the
+    /// later of two claims on an address wins.
+    #[serde(default)]
+    pub joined_at: u64,
 }
 
 fn yes() -> bool {

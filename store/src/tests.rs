@@ -21,6 +21,7 @@ fn ep(id: &str, network: &str) -> Endpoint {
         ipv6: None,
         mac: "02:42:0a:01:00:02".into(),
         sandbox: None,
+        joined_at: 0,
     }
 }
 

@@ -67,6 +67,8 @@ pub struct EndpointInfo {
     pub ip: [u8; 4],
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// The generation of this endpoint's ONC_INGRESS entry (see [`FlowState`]).
+    pub gen: u32,
 }
 
 /// ONC_NETWORKS: VNI (u32) → flags. Only VNIs present take part in the fast path.
@@ -80,7 +82,8 @@ pub struct VniIp {
     pub ip: [u8; 4],
 }
 
-/// ONC_EGRESS: (VNI, remote container IP) → where it lives.
+/// ONC_EGRESS: (VNI, remote container IP) → where it lives. Written by the daemon from the
+/// control plane (what the remote host publishes), never learned from packets.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EgressEntry {
@@ -89,6 +92,9 @@ pub struct EgressEntry {
     /// Remote container's MAC; a frame to another MAC misses.
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// Changes whenever the entry is written anew: flows admitted under another generation
+    /// are not admitted under this one (see [`FlowState`]).
+    pub gen: u32,
 }
 
 /// ONC_OUTER: remote VTEP ([u8; 4]) → the outer header the slow path built towards it.
@@ -106,7 +112,8 @@ pub struct OuterHeader {
     pub ifindex: u32,
 }
 
-/// ONC_INGRESS: (VNI, local container IP) → how to deliver to it.
+/// ONC_INGRESS: (VNI, local container IP) → how to deliver to it. Written by the daemon at
+/// Join.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IngressEntry {
@@ -115,6 +122,8 @@ pub struct IngressEntry {
     /// The container's MAC: the inner destination MAC must be this.
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// As [`EgressEntry::gen`]; equal to the endpoint's [`EndpointInfo::gen`].
+    pub gen: u32,
 }
 
 /// ONC_FILTER key: one flow seen from the local container's side, so that both directions of
@@ -132,7 +141,19 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
-/// ONC_FILTER value bits: which directions the slow path admitted on this host.
+/// ONC_FILTER value: which directions the slow path admitted on this host, and under which
+/// generations of the flow's two entries (the remote container's ONC_EGRESS entry, the local
+/// one's ONC_INGRESS entry). A flow is admitted only while both bits are set and both
+/// generations are the entries' current ones: rewriting or deleting an entry withdraws every
+/// flow admitted under it at once, however the learning programs race with the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    pub bits: u32,
+    pub egress_gen: u32,
+    pub ingress_gen: u32,
+}
+
 pub const FLOW_EGRESS: u32 = 1;
 pub const FLOW_INGRESS: u32 = 2;
 pub const FLOW_BOTH: u32 = FLOW_EGRESS | FLOW_INGRESS;
@@ -186,6 +207,7 @@ mod pod {
     unsafe impl aya::Pod for OuterHeader {}
     unsafe impl aya::Pod for IngressEntry {}
     unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowState {}
 }
 
 #[cfg(test)]
@@ -196,11 +218,12 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<Config>(), 16);
-        assert_eq!(size_of::<EndpointInfo>(), 16);
+        assert_eq!(size_of::<EndpointInfo>(), 20);
         assert_eq!(size_of::<VniIp>(), 8);
-        assert_eq!(size_of::<EgressEntry>(), 12);
+        assert_eq!(size_of::<EgressEntry>(), 16);
         assert_eq!(size_of::<OuterHeader>(), 24);
-        assert_eq!(size_of::<IngressEntry>(), 12);
+        assert_eq!(size_of::<IngressEntry>(), 16);
+        assert_eq!(size_of::<FlowState>(), 12);
         assert_eq!(size_of::<FlowKey>(), 20);
         assert_eq!(stat_index(Program::IngressLearn, Counter::Rejected), STATS_LEN - 1);
     }

@@ -29,9 +29,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use oncache_common::{
-    stat_index, Config, Counter, EgressEntry, EndpointInfo, FlowKey, IngressEntry, OuterHeader,
-    Program, VniIp, ENCAP_LEN, FLOW_BOTH, FLOW_EGRESS, FLOW_INGRESS, MAX_EGRESS, MAX_ENDPOINTS,
-    MAX_FLOWS, MAX_INGRESS, MAX_NETWORKS, MAX_OUTER, OUTER_L3_OVERHEAD, STATS_LEN,
+    stat_index, Config, Counter, EgressEntry, EndpointInfo, FlowKey, FlowState, IngressEntry,
+    OuterHeader, Program, VniIp, ENCAP_LEN, FLOW_BOTH, FLOW_EGRESS, FLOW_INGRESS, MAX_EGRESS,
+    MAX_ENDPOINTS, MAX_FLOWS, MAX_INGRESS, MAX_NETWORKS, MAX_OUTER, OUTER_L3_OVERHEAD, STATS_LEN,
 };
 use packet::{parse_flow, parse_vxlan, udp_src_port, Encap, EncapParams, Flow, ETH_LEN, INNER_OFF};
 
@@ -49,7 +49,7 @@ static ONC_OUTER: HashMap<[u8; 4], OuterHeader> = HashMap::with_max_entries(MAX_
 #[map]
 static ONC_INGRESS: HashMap<VniIp, IngressEntry> = HashMap::with_max_entries(MAX_INGRESS, 0);
 #[map]
-static ONC_FILTER: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+static ONC_FILTER: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 #[map]
 static ONC_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
 
@@ -102,6 +102,10 @@ fn egress_fast(ctx: &TcContext) -> i32 {
     let Some(ep) = (unsafe { ONC_ENDPOINTS.get(skb_ifindex(ctx)) }) else {
         return PASS;
     };
+    // A tag the NIC would insert (offloaded VLAN) would end up on the outer frame.
+    if skb_vlan_present(ctx) {
+        return count(P, Counter::Miss);
+    }
     // No ONC_NETWORKS lookup here: user space enters only endpoints of fast-path networks in
     // ONC_ENDPOINTS (driver::plug_fast), and removes them with their network.
     let Some(flow) = parse_flow(ctx, 0) else {
@@ -115,9 +119,6 @@ fn egress_fast(ctx: &TcContext) -> i32 {
     if flow.starts_or_ends() {
         return invalidate(P, &key);
     }
-    if !admitted(&key) {
-        return count(P, Counter::Miss);
-    }
     let Some(eg) = (unsafe {
         ONC_EGRESS.get(VniIp {
             vni: ep.vni,
@@ -126,7 +127,7 @@ fn egress_fast(ctx: &TcContext) -> i32 {
     }) else {
         return count(P, Counter::Miss);
     };
-    if !same(&flow.eth.dst, &eg.mac) {
+    if !same(&flow.eth.dst, &eg.mac) || !admitted(&key, eg.gen, ep.gen) {
         return count(P, Counter::Miss);
     }
     let Some(outer) = (unsafe { ONC_OUTER.get(eg.vtep) }) else {
@@ -135,9 +136,11 @@ fn egress_fast(ctx: &TcContext) -> i32 {
 
     let len = ctx.len();
     let outer_ip_len = len + OUTER_L3_OVERHEAD;
-    // Without GSO the frame leaves as it is: it must fit the underlay. Either way the outer IPv4
-    // total length must be expressible.
-    if (skb_gso_size(ctx) == 0 && outer_ip_len > cfg.underlay_mtu) || outer_ip_len > 0xffff {
+    // Every frame that leaves must fit the underlay: the whole frame without GSO, each segment
+    // (headers + gso_size) with it. The outer IPv4 total length must be expressible too.
+    let gso = skb_gso_size(ctx);
+    let wire_ip_len = if gso == 0 { outer_ip_len } else { OUTER_L3_OVERHEAD + flow.headers_len() + gso };
+    if wire_ip_len > cfg.underlay_mtu || outer_ip_len > 0xffff {
         return count(P, Counter::Rejected);
     }
     // The inner flow's hash, taken before the packet changes.
@@ -194,22 +197,32 @@ fn ingress_fast(ctx: &TcContext) -> i32 {
     if !same(&inner.eth.dst, &ing.mac) {
         return count(P, Counter::Miss);
     }
-    // A host may only deliver for the containers it hosts.
-    if let Some(eg) = unsafe {
+    // A host may only deliver for the containers it hosts (as the control plane says).
+    let Some(eg) = (unsafe {
         ONC_EGRESS.get(VniIp {
             vni,
             ip: inner.ip.src,
         })
-    } {
-        if !same(&eg.vtep, &outer.ip.src) {
-            return count(P, Counter::Rejected);
-        }
+    }) else {
+        return count(P, Counter::Miss);
+    };
+    if !same(&eg.vtep, &outer.ip.src) || !same(&eg.mac, &inner.eth.src) {
+        return count(P, Counter::Rejected);
     }
     let key = incoming_flow_key(vni, &inner);
     if inner.starts_or_ends() {
         return invalidate(P, &key);
     }
-    if !admitted(&key) {
+    if !admitted(&key, eg.gen, ing.gen) {
+        return count(P, Counter::Miss);
+    }
+    // RFC 6040: congestion marked on the underlay (outer CE) must reach the receiver. A
+    // Not-ECT inner packet with outer CE is the kernel's to drop: slow path.
+    let ce = outer.ip.tos & 0x3 == 0x3;
+    if ce && inner.ip.tos & 0x3 == 0 {
+        return count(P, Counter::Miss);
+    }
+    if ce && inner.ip.tos & 0x3 != 0x3 && mark_ce(ctx, &inner).is_err() {
         return count(P, Counter::Miss);
     }
     let ifindex = ing.ifindex;
@@ -247,6 +260,19 @@ fn egress_learn(ctx: &TcContext) {
         return;
     }
     let vni = outer.vni;
+    // Only towards where the control plane says the container lives, and only its MAC: the
+    // packet tells how the kernel reaches that host, and that the slow path admitted the flow.
+    let Some(eg) = (unsafe {
+        ONC_EGRESS.get(VniIp {
+            vni,
+            ip: inner.ip.dst,
+        })
+    }) else {
+        return;
+    };
+    if !same(&eg.vtep, &outer.ip.dst) || !same(&eg.mac, &inner.eth.dst) {
+        return;
+    }
     let header = OuterHeader {
         eth: outer.eth.to_bytes(),
         tos: outer.ip.tos & !0x3, // ECN is copied per packet, not cached
@@ -254,22 +280,9 @@ fn egress_learn(ctx: &TcContext) {
         src: outer.ip.src,
         ifindex: skb_ifindex(ctx),
     };
-    let entry = EgressEntry {
-        vtep: outer.ip.dst,
-        mac: inner.eth.dst,
-        _pad: [0; 2],
-    };
     let key = outgoing_flow_key(vni, &inner);
     let mut changed = put_if_changed(&ONC_OUTER, &outer.ip.dst, &header);
-    changed |= put_if_changed(
-        &ONC_EGRESS,
-        &VniIp {
-            vni,
-            ip: inner.ip.dst,
-        },
-        &entry,
-    );
-    changed |= admit(&key, FLOW_EGRESS);
+    changed |= admit(&key, FLOW_EGRESS, eg.gen);
     if changed {
         count(Program::EgressLearn, Counter::Learned);
     }
@@ -292,21 +305,19 @@ fn ingress_learn(ctx: &TcContext) {
     if !same(&flow.ip.dst, &ep.ip) || flow.ends() || !flow.unicast() {
         return;
     }
-    let entry = IngressEntry {
-        ifindex,
-        mac: flow.eth.dst,
-        _pad: [0; 2],
-    };
-    let mut changed = put_if_changed(
-        &ONC_INGRESS,
-        &VniIp {
+    // Only while the daemon's delivery entry names this veth and this MAC.
+    let Some(ing) = (unsafe {
+        ONC_INGRESS.get(VniIp {
             vni: ep.vni,
             ip: flow.ip.dst,
-        },
-        &entry,
-    );
-    changed |= admit(&incoming_flow_key(ep.vni, &flow), FLOW_INGRESS);
-    if changed {
+        })
+    }) else {
+        return;
+    };
+    if ing.ifindex != ifindex || !same(&ing.mac, &flow.eth.dst) {
+        return;
+    }
+    if admit(&incoming_flow_key(ep.vni, &flow), FLOW_INGRESS, ing.gen) {
         count(Program::IngressLearn, Counter::Learned);
     }
 }
@@ -368,28 +379,58 @@ fn fast_path_network(vni: u32) -> bool {
     unsafe { ONC_NETWORKS.get(vni) }.is_some()
 }
 
-/// Has the slow path admitted this flow in both directions?
+/// Has the slow path admitted this flow in both directions, under the current generations of
+/// the remote container's egress entry and the local container's delivery entry?
 #[inline(always)]
-fn admitted(key: &FlowKey) -> bool {
-    matches!(unsafe { ONC_FILTER.get(key) }, Some(v) if *v & FLOW_BOTH == FLOW_BOTH)
+fn admitted(key: &FlowKey, egress_gen: u32, ingress_gen: u32) -> bool {
+    match unsafe { ONC_FILTER.get(key) } {
+        Some(f) => f.bits & FLOW_BOTH == FLOW_BOTH && f.egress_gen == egress_gen && f.ingress_gen == ingress_gen,
+        None => false,
+    }
 }
 
-/// Sets `bit` in the flow's filter entry. Returns whether anything changed.
+/// Records that the slow path admitted the flow in one direction (`bit`) under generation
+/// `gen` of that direction's entry; a bit recorded under another generation is replaced.
+/// Returns whether anything changed.
 ///
 /// Not atomic (the BPF target has no 32-bit atomics in core): when the two learning programs
 /// race on one entry a bit can be lost, and the next admitted packet of that direction sets it
-/// again — only delaying the fast path by a packet.
+/// again — only delaying the fast path by a packet. Correctness never depends on it: a stale
+/// generation never admits.
 #[inline(always)]
-fn admit(key: &FlowKey, bit: u32) -> bool {
+fn admit(key: &FlowKey, bit: u32, gen: u32) -> bool {
     if let Some(v) = ONC_FILTER.get_ptr_mut(key) {
-        let cur = unsafe { v.read_volatile() };
-        if cur & bit != 0 {
+        let mut cur = unsafe { v.read_volatile() };
+        let have = if bit == FLOW_EGRESS { cur.egress_gen } else { cur.ingress_gen };
+        if cur.bits & bit != 0 && have == gen {
             return false;
         }
-        unsafe { v.write_volatile(cur | bit) };
+        cur.bits |= bit;
+        if bit == FLOW_EGRESS {
+            cur.egress_gen = gen;
+        } else {
+            cur.ingress_gen = gen;
+        }
+        unsafe { v.write_volatile(cur) };
         return true;
     }
-    ONC_FILTER.insert(key, bit, BPF_NOEXIST as u64).is_ok()
+    let mut st = FlowState { bits: bit, egress_gen: 0, ingress_gen: 0 };
+    if bit == FLOW_EGRESS {
+        st.egress_gen = gen;
+    } else {
+        st.ingress_gen = gen;
+    }
+    ONC_FILTER.insert(key, &st, BPF_NOEXIST as u64).is_ok()
+}
+
+/// Sets CE in the inner IPv4 header (still encapsulated), keeping its checksum right.
+#[inline(always)]
+fn mark_ce(ctx: &TcContext, inner: &Flow) -> Result<(), ()> {
+    let off = INNER_OFF + ETH_LEN;
+    let old = u16::from_be_bytes([inner.ip.ver_ihl, inner.ip.tos]);
+    let new = u16::from_be_bytes([inner.ip.ver_ihl, inner.ip.tos | 0x3]);
+    ctx.l3_csum_replace(off + 10, old.to_be() as u64, new.to_be() as u64, 2).map_err(|_| ())?;
+    ctx.store(off + 1, &(inner.ip.tos | 0x3), 0).map_err(|_| ())
 }
 
 /// Removes the flow's filter entry (TCP SYN/FIN/RST) and passes the packet.
@@ -448,6 +489,11 @@ fn skb_mark(ctx: &TcContext) -> u32 {
 #[inline(always)]
 fn skb_gso_size(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).gso_size }
+}
+
+#[inline(always)]
+fn skb_vlan_present(ctx: &TcContext) -> bool {
+    unsafe { (*ctx.skb.skb).vlan_present != 0 }
 }
 
 #[cfg(not(test))]

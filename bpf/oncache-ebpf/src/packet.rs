@@ -21,7 +21,9 @@ const IPV4_VER_IHL: u8 = 0x45;
 /// More-fragments flag and fragment offset: any fragment goes to the slow path.
 const IPV4_FRAG_MASK: u16 = 0x3fff;
 const IPV4_DF: u16 = 0x4000;
-const TCP_FLAGS_OFF: usize = 13;
+/// TCP data offset (high nibble) and flags: bytes 12 and 13 of the header.
+const TCP_DOFF_FLAGS_OFF: usize = 12;
+const UDP_HDR_LEN: u8 = 8;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
@@ -106,9 +108,17 @@ pub struct Flow {
     pub dport: u16,
     /// TCP flags (0 for UDP).
     pub tcp_flags: u8,
+    /// TCP or UDP header length.
+    pub l4_len: u8,
 }
 
 impl Flow {
+    /// Ethernet + IPv4 + L4 header bytes: what each GSO segment carries besides its payload.
+    #[inline(always)]
+    pub fn headers_len(&self) -> u32 {
+        (ETH_LEN + IPV4_LEN) as u32 + self.l4_len as u32
+    }
+
     /// Only unicast frames are cached (a flooded copy names no single container or host).
     #[inline(always)]
     pub fn unicast(&self) -> bool {
@@ -159,9 +169,12 @@ pub fn parse_flow(ctx: &TcContext, off: usize) -> Option<Flow> {
         return None;
     }
     let l4 = off + ETH_LEN + IPV4_LEN;
-    let tcp_flags = match h.ip.proto {
-        IPPROTO_TCP => read(ctx, l4 + TCP_FLAGS_OFF)?,
-        IPPROTO_UDP => 0,
+    let (tcp_flags, l4_len) = match h.ip.proto {
+        IPPROTO_TCP => {
+            let [doff, flags]: [u8; 2] = read(ctx, l4 + TCP_DOFF_FLAGS_OFF)?;
+            (flags, (doff >> 4) * 4)
+        }
+        IPPROTO_UDP => (0, UDP_HDR_LEN),
         _ => return None,
     };
     let ports: [u8; 4] = read(ctx, l4)?;
@@ -171,6 +184,7 @@ pub fn parse_flow(ctx: &TcContext, off: usize) -> Option<Flow> {
         sport: u16::from_be_bytes([ports[0], ports[1]]),
         dport: u16::from_be_bytes([ports[2], ports[3]]),
         tcp_flags,
+        l4_len,
     })
 }
 

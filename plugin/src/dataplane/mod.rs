@@ -1,6 +1,7 @@
 //! The slow-path data plane: carries out what the driver decided, in the kernel. Every
 //! operation is idempotent ("ensure"/"remove"), so a repeated request or a restart that finds
-//! half-done work converges instead of failing.
+//! half-done work converges instead of failing. Remote containers are static entries written
+//! from the control plane (`crate::cluster`): VXLAN devices learn nothing and flood nothing.
 
 pub mod firewall;
 pub mod netlink;
@@ -10,13 +11,10 @@ use crate::naming::{self, Owned};
 use anyhow::{anyhow, Result};
 use netlink::{Netlink, VxlanSpec};
 use rtnetlink::packet_route::link::InfoKind;
-use std::collections::HashSet;
+use crate::cluster::Remote;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 pub use underlay::Underlay;
-
-/// The all-zeros MAC: the VXLAN flood entry that replicates broadcast and unknown-unicast
-/// frames to every listed peer (head-end replication).
-const FLOOD: [u8; 6] = [0; 6];
 
 /// A network as the data plane sees it.
 #[derive(Debug, Clone, Copy)]
@@ -76,9 +74,9 @@ impl Dataplane {
         Ok(Dataplane { nl, underlay })
     }
 
-    /// Bridge + VXLAN device for a network, flooding to exactly `peers` (a peer the kernel
-    /// refuses is logged and left out: it never stops a network from being served).
-    pub async fn ensure_network(&self, n: NetSpec, peers: &[IpAddr]) -> Result<()> {
+    /// Bridge + VXLAN device for a network. A VXLAN device an older oncache configured
+    /// otherwise (learning, flooding) is replaced.
+    pub async fn ensure_network(&self, n: NetSpec) -> Result<()> {
         let br = naming::bridge(n.vni);
         let bridge = match self.nl.link(&br).await? {
             Some(l) => l,
@@ -88,14 +86,17 @@ impl Dataplane {
             }
         };
         let vx = naming::vxlan(n.vni);
-        let vxlan = match self.nl.link(&vx).await? {
-            Some(l) => {
+        match self.nl.link(&vx).await? {
+            Some(l) if l.vxlan_current => {
                 if l.controller != Some(bridge.index) {
                     self.nl.set_controller(l.index, bridge.index).await?;
                 }
-                l
             }
-            None => {
+            old => {
+                if let Some(l) = old {
+                    log::info!("{vx}: replacing a VXLAN device configured by an older oncache (learning, flooding)");
+                    self.nl.del_link(l.index).await?;
+                }
                 let spec = VxlanSpec {
                     name: &vx,
                     vni: n.vni,
@@ -105,38 +106,46 @@ impl Dataplane {
                     controller: bridge.index,
                 };
                 self.nl.add_vxlan(&spec).await?;
-                self.nl.link(&vx).await?.ok_or_else(|| anyhow!("{vx} vanished after creation"))?
             }
+        }
+        Ok(())
+    }
+
+    /// Tells the kernel where a remote container lives: the VXLAN device's forwarding entry (and
+    /// the bridge's), and the neighbour entry its ARP/ND proxy answers with.
+    pub async fn set_remote(&self, vni: u32, ip: IpAddr, r: Remote) -> Result<()> {
+        let Some(vx) = self.nl.link(&naming::vxlan(vni)).await? else {
+            return Ok(()); // the network is not (or no longer) here
         };
-        for (p, e) in self.sync_flood(vxlan.index, peers).await? {
-            log::warn!("{vx}: peer {p} refused by the kernel, left out: {e:#}");
+        self.nl.fdb_set(vx.index, r.mac, r.vtep).await?;
+        self.nl.neigh_set(vx.index, ip, r.mac).await
+    }
+
+    /// Undoes [`set_remote`](Self::set_remote). The forwarding entries stay when another
+    /// remote address still uses the MAC (`mac_in_use`).
+    pub async fn unset_remote(&self, vni: u32, ip: IpAddr, r: Remote, mac_in_use: bool) -> Result<()> {
+        let Some(vx) = self.nl.link(&naming::vxlan(vni)).await? else { return Ok(()) };
+        self.nl.neigh_del(vx.index, ip).await?;
+        if !mac_in_use {
+            self.nl.fdb_unset(vx.index, r.mac, r.vtep).await?;
         }
         Ok(())
     }
 
-    /// Makes the flood list of one VXLAN device equal to `peers`; returns the peers the
-    /// kernel refused, with why.
-    async fn sync_flood(&self, vxlan: u32, peers: &[IpAddr]) -> Result<Vec<(IpAddr, anyhow::Error)>> {
-        let present: HashSet<IpAddr> =
-            self.nl.fdb(vxlan).await?.into_iter().filter(|e| e.mac == FLOOD).filter_map(|e| e.dst).collect();
-        let mut refused = Vec::new();
-        for p in peers.iter().filter(|p| !present.contains(p)) {
-            if let Err(e) = self.nl.fdb_append(vxlan, FLOOD, *p).await {
-                refused.push((*p, e));
+    /// The remote endpoints the kernel knows, from the neighbour and forwarding entries of
+    /// the networks' VXLAN devices: what a restarted daemon adopts.
+    pub async fn remotes_in_kernel(&self, vnis: &[u32]) -> Result<BTreeMap<(u32, IpAddr), Remote>> {
+        let mut out = BTreeMap::new();
+        for vni in vnis {
+            let Some(vx) = self.nl.link(&naming::vxlan(*vni)).await? else { continue };
+            let fdb: Vec<_> = self.nl.fdb(vx.index).await?;
+            for (ip, mac) in self.nl.neighbours(vx.index).await? {
+                if let Some(vtep) = fdb.iter().find(|e| e.mac == mac).and_then(|e| e.dst) {
+                    out.insert((*vni, ip), Remote { mac, vtep });
+                }
             }
         }
-        for stale in present.iter().filter(|p| !peers.contains(p)) {
-            self.forget_peer_on(vxlan, *stale).await?;
-        }
-        Ok(refused)
-    }
-
-    /// Drops every entry (flood and learned) that sends to `peer` on one VXLAN device.
-    async fn forget_peer_on(&self, vxlan: u32, peer: IpAddr) -> Result<()> {
-        for e in self.nl.fdb(vxlan).await?.into_iter().filter(|e| e.dst == Some(peer)) {
-            self.nl.fdb_del(vxlan, e.mac, peer).await?;
-        }
-        Ok(())
+        Ok(out)
     }
 
     pub async fn remove_network(&self, vni: u32) -> Result<()> {
@@ -146,20 +155,6 @@ impl Dataplane {
             }
         }
         Ok(())
-    }
-
-    /// Sets the peer list of every oncache VXLAN device; fails naming the first peer the
-    /// kernel refused (the others are applied).
-    pub async fn sync_peers(&self, vnis: &[u32], peers: &[IpAddr]) -> Result<()> {
-        let mut first = None;
-        for vni in vnis {
-            if let Some(l) = self.nl.link(&naming::vxlan(*vni)).await? {
-                for (p, e) in self.sync_flood(l.index, peers).await? {
-                    first.get_or_insert(e.context(format!("adding peer {p} to {}", naming::vxlan(*vni))));
-                }
-            }
-        }
-        first.map_or(Ok(()), Err)
     }
 
     /// Creates the endpoint's veth pair on the network's bridge; returns the container-end name
@@ -211,19 +206,5 @@ impl Dataplane {
 
     pub async fn link_index(&self, name: &str) -> Result<Option<u32>> {
         Ok(self.nl.link(name).await?.map(|l| l.index))
-    }
-
-    /// Deletes the VXLAN forwarding entries for `mac` in network `vni` whose VTEP `stale`
-    /// selects (learned or static alike).
-    pub async fn forget_mac(&self, vni: u32, mac: [u8; 6], stale: impl Fn(IpAddr) -> bool) -> Result<()> {
-        let Some(vx) = self.nl.link(&naming::vxlan(vni)).await? else { return Ok(()) };
-        for e in self.nl.fdb(vx.index).await? {
-            if let (true, Some(dst)) = (e.mac == mac, e.dst) {
-                if stale(dst) {
-                    self.nl.fdb_del(vx.index, mac, dst).await?;
-                }
-            }
-        }
-        Ok(())
     }
 }

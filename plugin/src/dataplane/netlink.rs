@@ -5,10 +5,10 @@
 use anyhow::{anyhow, Context, Result};
 use futures_util::TryStreamExt;
 use rtnetlink::packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST,
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage, VxlanDf};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -30,6 +30,9 @@ pub struct Link {
     pub mtu: u32,
     pub controller: Option<u32>,
     pub kind: Option<InfoKind>,
+    /// For a VXLAN device: whether it is configured as [`Netlink::add_vxlan`] makes it (an older
+    /// oncache made learning devices that flood).
+    pub vxlan_current: bool,
 }
 
 /// One VXLAN forwarding entry: a MAC (all zeros for the flood list) and the VTEP it goes to.
@@ -105,7 +108,14 @@ impl Netlink {
             // The fast path hashes the inner flow into this range the kernel's way, so a flow
             // keeps its outer source port when it moves from the slow path to the fast path.
             .port_range(SRC_PORT_MIN, SRC_PORT_MAX)
-            .learning(true)
+            // Remote endpoints come from the control plane as static entries: nothing is
+            // learned from packets, and ARP/ND for remote containers is answered here from the
+            // neighbour table (proxy) instead of being flooded to every host.
+            .learning(false)
+            .proxy(true)
+            // As the fast path builds its headers: DF set, UDP checksum 0 (valid for IPv4).
+            .df(VxlanDf::Set)
+            .udp_csum(false)
             .mtu(s.mtu)
             .controller(s.controller)
             .up()
@@ -214,6 +224,86 @@ impl Netlink {
             .collect())
     }
 
+    /// `bridge fdb replace MAC dev VXLAN dst DST self permanent` and `bridge fdb replace MAC dev
+    /// VXLAN master static`: the VXLAN device sends MAC's frames to DST only, and the bridge sends
+    /// them to the VXLAN device without flooding its own ports.
+    pub async fn fdb_set(&self, vxlan: u32, mac: [u8; 6], dst: IpAddr) -> Result<()> {
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(fdb_message(vxlan, mac, dst)));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+        self.ack(req).await.with_context(|| format!("setting forwarding entry {} to {dst}", crate::naming::format_mac(mac)))?;
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(bridge_fdb_message(vxlan, mac)));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+        self.ack(req).await.with_context(|| format!("setting bridge entry {} to the VXLAN port", crate::naming::format_mac(mac)))
+    }
+
+    /// Removes both entries of [`fdb_set`](Self::fdb_set); absent is not an error.
+    pub async fn fdb_unset(&self, vxlan: u32, mac: [u8; 6], dst: IpAddr) -> Result<()> {
+        self.fdb_del(vxlan, mac, dst).await?;
+        match self.handle.neighbours().del(bridge_fdb_message(vxlan, mac)).execute().await {
+            Err(e) if !is_missing(&e) => Err(anyhow!("removing bridge entry {}: {e}", crate::naming::format_mac(mac))),
+            _ => Ok(()),
+        }
+    }
+
+    /// `ip neigh replace IP lladdr MAC dev DEV nud permanent`: the answer the VXLAN device's
+    /// ARP/ND proxy gives for a remote container.
+    pub async fn neigh_set(&self, dev: u32, ip: IpAddr, mac: [u8; 6]) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(dev, ip)
+            .link_layer_address(&mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("setting neighbour {ip}"))
+    }
+
+    /// Removes a neighbour entry; absent is not an error.
+    pub async fn neigh_del(&self, dev: u32, ip: IpAddr) -> Result<()> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        m.header.ifindex = dev;
+        m.attributes.push(NeighbourAttribute::Destination(match ip {
+            IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+            IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+        }));
+        match self.handle.neighbours().del(m).execute().await {
+            Err(e) if !is_missing(&e) => Err(anyhow!("removing neighbour {ip}: {e}")),
+            _ => Ok(()),
+        }
+    }
+
+    /// The permanent neighbour entries (IPv4 and IPv6) of one device: what oncache set.
+    pub async fn neighbours(&self, dev: u32) -> Result<Vec<(IpAddr, [u8; 6])>> {
+        let mut out = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let msgs: Vec<NeighbourMessage> = self
+                .handle
+                .neighbours()
+                .get()
+                .set_address_family(family)
+                .execute()
+                .try_collect()
+                .await
+                .context("listing neighbours")?;
+            for m in msgs.iter().filter(|m| m.header.ifindex == dev && m.header.state == NeighbourState::Permanent) {
+                let (mut ip, mut mac) = (None, None);
+                for a in &m.attributes {
+                    match a {
+                        NeighbourAttribute::Destination(d) => ip = ip_of(d),
+                        NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => mac = <[u8; 6]>::try_from(&l[..]).ok(),
+                        _ => {}
+                    }
+                }
+                if let (Some(ip), Some(mac)) = (ip, mac) {
+                    out.push((ip, mac));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn ack(&self, req: NetlinkMessage<RouteNetlinkMessage>) -> Result<()> {
         let mut handle = self.handle.clone();
         let mut resp = handle.request(req)?;
@@ -242,6 +332,19 @@ fn fdb_message(vxlan: u32, mac: [u8; 6], dst: IpAddr) -> NeighbourMessage {
     m
 }
 
+/// The bridge's own (master) static entry for a MAC behind the VXLAN port.
+fn bridge_fdb_message(vxlan: u32, mac: [u8; 6]) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::Bridge;
+    m.header.ifindex = vxlan;
+    // NOARP is the bridge's "static"; PERMANENT would mean an address of the bridge itself.
+    m.header.state = NeighbourState::Noarp;
+    m.header.flags = NeighbourFlags::Controller;
+    m.header.kind = RouteType::Unspec;
+    m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    m
+}
+
 /// Bridge-family entries carry NDA_DST as raw bytes; their length tells the IP version.
 fn ip_of(a: &NeighbourAddress) -> Option<IpAddr> {
     match a {
@@ -257,7 +360,7 @@ fn ip_of(a: &NeighbourAddress) -> Option<IpAddr> {
 }
 
 fn link_of(m: &LinkMessage) -> Link {
-    let mut l = Link { index: m.header.index, name: String::new(), mtu: 0, controller: None, kind: None };
+    let mut l = Link { index: m.header.index, name: String::new(), mtu: 0, controller: None, kind: None, vxlan_current: false };
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => l.name = n.clone(),
@@ -265,8 +368,10 @@ fn link_of(m: &LinkMessage) -> Link {
             LinkAttribute::Controller(c) => l.controller = Some(*c),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
-                    if let LinkInfo::Kind(k) = i {
-                        l.kind = Some(k.clone());
+                    match i {
+                        LinkInfo::Kind(k) => l.kind = Some(k.clone()),
+                        LinkInfo::Data(InfoData::Vxlan(v)) => l.vxlan_current = vxlan_current(v),
+                        _ => {}
                     }
                 }
             }
@@ -274,4 +379,18 @@ fn link_of(m: &LinkMessage) -> Link {
         }
     }
     l
+}
+
+/// Is a VXLAN device configured as oncache makes them now?
+fn vxlan_current(v: &[InfoVxlan]) -> bool {
+    let (mut learning, mut proxy, mut df) = (true, false, false);
+    for a in v {
+        match a {
+            InfoVxlan::Learning(b) => learning = *b,
+            InfoVxlan::Proxy(b) => proxy = *b,
+            InfoVxlan::Df(d) => df = *d == VxlanDf::Set,
+            _ => {}
+        }
+    }
+    !learning && proxy && df
 }

@@ -42,6 +42,22 @@ fn ip(b: [u8; 4]) -> Ipv4Addr {
     Ipv4Addr::from(b)
 }
 
+/// A new entry generation: random, so that no generation a flow was admitted under before a
+/// restart comes back (0 is never used: it is what an unset field reads as).
+pub fn new_gen() -> u32 {
+    let mut b = [0u8; 4];
+    loop {
+        if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).is_err() {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            b = (t.subsec_nanos() ^ t.as_secs() as u32).to_le_bytes();
+        }
+        let g = u32::from_le_bytes(b);
+        if g != 0 {
+            return g;
+        }
+    }
+}
+
 impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Maps> {
         let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"));
@@ -62,8 +78,37 @@ impl Maps {
         a.set(0, cfg, 0).context("writing the fast-path configuration")
     }
 
-    pub fn set_endpoint(&mut self, ifindex: u32, ep: c::EndpointInfo) -> Result<()> {
+    /// A local endpoint on the fast path: what its veth may send (ONC_ENDPOINTS) and how to
+    /// deliver to it (ONC_INGRESS), under one new generation.
+    /// An endpoint already entered exactly so keeps its generation (a daemon restart or a
+    /// repeated Join withdraws no flow).
+    pub fn set_endpoint(&mut self, ifindex: u32, mut ep: c::EndpointInfo) -> Result<()> {
+        let key = c::VniIp { vni: ep.vni, ip: ep.ip };
+        let had = hash::<u32, c::EndpointInfo>(&mut self.endpoints)?.get(&ifindex, 0).ok();
+        let delivered = hash::<c::VniIp, c::IngressEntry>(&mut self.ingress)?.get(&key, 0).ok();
+        ep.gen = match (had, delivered) {
+            (Some(h), Some(d)) if (h.vni, h.ip, h.mac) == (ep.vni, ep.ip, ep.mac) && (d.ifindex, d.mac, d.gen) == (ifindex, ep.mac, h.gen) => h.gen,
+            _ => new_gen(),
+        };
+        let deliver = c::IngressEntry { ifindex, mac: ep.mac, _pad: [0; 2], gen: ep.gen };
+        hash::<c::VniIp, c::IngressEntry>(&mut self.ingress)?
+            .insert(key, deliver, 0)
+            .context("adding the endpoint's delivery entry (ONC_INGRESS full?)")?;
         hash::<u32, c::EndpointInfo>(&mut self.endpoints)?.insert(ifindex, ep, 0).context("adding endpoint")
+    }
+
+    /// Where a remote container lives, from the control plane. A changed entry gets a new
+    /// generation (its flows must be admitted anew); an unchanged one is left alone.
+    pub fn set_remote(&mut self, vni: u32, addr: [u8; 4], vtep: [u8; 4], mac: [u8; 6]) -> Result<()> {
+        let mut h = hash::<c::VniIp, c::EgressEntry>(&mut self.egress)?;
+        let key = c::VniIp { vni, ip: addr };
+        if let Ok(cur) = h.get(&key, 0) {
+            if cur.vtep == vtep && cur.mac == mac {
+                return Ok(());
+            }
+        }
+        let e = c::EgressEntry { vtep, mac, _pad: [0; 2], gen: new_gen() };
+        h.insert(key, e, 0).with_context(|| format!("adding egress entry for {} (ONC_EGRESS full?)", ip(addr)))
     }
 
     pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<()> {
@@ -78,7 +123,7 @@ impl Maps {
             + remove_where::<c::VniIp, c::IngressEntry>(&mut self.ingress, |_, v| !live.contains(&v.ifindex))?;
         let local: Vec<(u32, [u8; 4])> =
             entries::<u32, c::EndpointInfo>(&mut self.endpoints)?.into_iter().map(|(_, e)| (e.vni, e.ip)).collect();
-        Ok(n + remove_where::<c::FlowKey, u32>(&mut self.filter, |k, _| !local.contains(&(k.vni, k.local_ip)))?)
+        Ok(n + remove_where::<c::FlowKey, c::FlowState>(&mut self.filter, |k, _| !local.contains(&(k.vni, k.local_ip)))?)
     }
 
     /// Makes the fast-path network set exactly `vnis`, purging what was learned in others.
@@ -99,20 +144,20 @@ impl Maps {
         remove_where::<u32, u32>(&mut self.networks, |k, _| *k == vni)?;
         Ok(remove_where::<c::VniIp, c::EgressEntry>(&mut self.egress, |k, _| k.vni == vni)?
             + remove_where::<c::VniIp, c::IngressEntry>(&mut self.ingress, |k, _| k.vni == vni)?
-            + remove_where::<c::FlowKey, u32>(&mut self.filter, |k, _| k.vni == vni)?
+            + remove_where::<c::FlowKey, c::FlowState>(&mut self.filter, |k, _| k.vni == vni)?
             + remove_where::<u32, c::EndpointInfo>(&mut self.endpoints, |_, v| v.vni == vni)?)
     }
 
     /// A local container left: its delivery entry and its flows go.
     pub fn forget_local(&mut self, vni: u32, addr: [u8; 4]) -> Result<usize> {
         Ok(remove_where::<c::VniIp, c::IngressEntry>(&mut self.ingress, |k, _| k.vni == vni && k.ip == addr)?
-            + remove_where::<c::FlowKey, u32>(&mut self.filter, |k, _| k.vni == vni && k.local_ip == addr)?)
+            + remove_where::<c::FlowKey, c::FlowState>(&mut self.filter, |k, _| k.vni == vni && k.local_ip == addr)?)
     }
 
     /// A remote container left or moved: where it was, and flows with it, go.
     pub fn forget_remote(&mut self, vni: u32, addr: [u8; 4]) -> Result<usize> {
         Ok(remove_where::<c::VniIp, c::EgressEntry>(&mut self.egress, |k, _| k.vni == vni && k.ip == addr)?
-            + remove_where::<c::FlowKey, u32>(&mut self.filter, |k, _| k.vni == vni && k.remote_ip == addr)?)
+            + remove_where::<c::FlowKey, c::FlowState>(&mut self.filter, |k, _| k.vni == vni && k.remote_ip == addr)?)
     }
 
     /// A peer host is gone: its outer header and every container learned behind it.
@@ -129,13 +174,18 @@ impl Maps {
         Ok(n)
     }
 
-    /// `oncache cache flush`: drops everything learned, so every flow is judged by the slow
-    /// path (and the firewall) again. Configuration, endpoints and networks stay.
+    /// `oncache cache flush`: drops everything learned (admitted flows, outer headers), so
+    /// every flow is judged by the slow path (and the firewall) again. What the daemon wrote
+    /// from its own facts (configuration, endpoints, networks, where containers live) stays.
     pub fn flush(&mut self) -> Result<usize> {
-        Ok(remove_where::<c::FlowKey, u32>(&mut self.filter, |_, _| true)?
-            + remove_where::<c::VniIp, c::EgressEntry>(&mut self.egress, |_, _| true)?
-            + remove_where::<[u8; 4], c::OuterHeader>(&mut self.outer, |_, _| true)?
-            + remove_where::<c::VniIp, c::IngressEntry>(&mut self.ingress, |_, _| true)?)
+        Ok(remove_where::<c::FlowKey, c::FlowState>(&mut self.filter, |_, _| true)?
+            + remove_where::<[u8; 4], c::OuterHeader>(&mut self.outer, |_, _| true)?)
+    }
+
+    /// Outer headers go (they are learned again from the next slow-path packet to each host):
+    /// after a neighbour or route change on the underlay.
+    pub fn forget_outer(&mut self) -> Result<usize> {
+        remove_where::<[u8; 4], c::OuterHeader>(&mut self.outer, |_, _| true)
     }
 
     pub fn stats(&mut self) -> Result<Stats> {
@@ -178,7 +228,7 @@ impl Maps {
                 .into_iter()
                 .map(|(k, v)| IngressView { vni: k.vni, ip: ip(k.ip), ifindex: v.ifindex, mac: fmt_mac(v.mac) })
                 .collect(),
-            filter: entries::<c::FlowKey, u32>(&mut self.filter)?
+            filter: entries::<c::FlowKey, c::FlowState>(&mut self.filter)?
                 .into_iter()
                 .map(|(k, v)| FlowView {
                     vni: k.vni,
@@ -189,8 +239,8 @@ impl Maps {
                     },
                     local: format!("{}:{}", ip(k.local_ip), k.local_port),
                     remote: format!("{}:{}", ip(k.remote_ip), k.remote_port),
-                    egress: v & c::FLOW_EGRESS != 0,
-                    ingress: v & c::FLOW_INGRESS != 0,
+                    egress: v.bits & c::FLOW_EGRESS != 0,
+                    ingress: v.bits & c::FLOW_INGRESS != 0,
                 })
                 .collect(),
         })

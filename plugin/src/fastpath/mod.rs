@@ -76,8 +76,13 @@ pub struct FastPath {
     pub mode: AttachMode,
 }
 
+/// Where the maps are pinned; renamed whenever a map's key or value layout changes, so that a
+/// new daemon never loads against maps of an older layout (their programs keep them alive
+/// until they are replaced; then the old folder is removed).
+const MAPS_DIR: &str = "maps-v2";
+
 fn pin_dirs(dir: &Path) -> [PathBuf; 3] {
-    [dir.join("maps"), dir.join("progs"), dir.join("links")]
+    [dir.join(MAPS_DIR), dir.join("progs"), dir.join("links")]
 }
 
 impl FastPath {
@@ -87,7 +92,7 @@ impl FastPath {
         for d in pin_dirs(dir) {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
-        let map_paths: Vec<(&str, PathBuf)> = c::MAPS.iter().map(|m| (*m, dir.join("maps").join(m))).collect();
+        let map_paths: Vec<(&str, PathBuf)> = c::MAPS.iter().map(|m| (*m, dir.join(MAPS_DIR).join(m))).collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
@@ -105,6 +110,13 @@ impl FastPath {
         let mut fp = FastPath { ebpf, maps, dir: dir.to_path_buf(), mode };
         fp.attach(c::PROG_INGRESS_FAST, underlay, Hook::Ingress)?;
         fp.attach(c::PROG_EGRESS_LEARN, underlay, Hook::Egress)?;
+        for old in std::fs::read_dir(dir)?.flatten() {
+            let name = old.file_name().to_string_lossy().into_owned();
+            if name.starts_with("maps") && name != MAPS_DIR {
+                log::info!("removing map pins of an older layout: {name}");
+                let _ = std::fs::remove_dir_all(old.path());
+            }
+        }
         Ok(fp)
     }
 

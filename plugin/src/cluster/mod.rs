@@ -1,0 +1,222 @@
+//! The control plane between hosts: each host publishes its local endpoints (VNI, IP, MAC)
+//! through chitchat — scuttlebutt anti-entropy gossip with a phi-accrual failure detector, over
+//! UDP on the underlay — and every host derives the remote endpoints it programs into its
+//! kernel from what the live peer hosts publish ([`view`]). Anti-entropy means a host that
+//! restarts, lost datagrams or rejoins converges to the truth by itself; a host that stops
+//! gossiping is declared dead and its endpoints drop out everywhere.
+//!
+//! Only peers count: datagrams from any other address are dropped before chitchat sees them,
+//! and state is read only for hosts whose gossip address is a peer's underlay address.
+
+pub mod view;
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpTransport};
+use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+pub use view::{Published, Remote};
+
+/// UDP port of the gossip on the underlay.
+pub const DEFAULT_PORT: u16 = 4788;
+const CLUSTER_ID: &str = "oncache";
+pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(500);
+/// A host the failure detector calls dead keeps its endpoints this much longer: a daemon that
+/// restarts (a second or two) never takes its containers' routes away from its peers.
+pub const DOWN_GRACE: Duration = Duration::from_secs(5);
+/// After a start, entries of peers not heard from yet are kept this long (their hosts may
+/// simply not have gossiped with us yet); after it, silence counts as absence.
+pub const START_GRACE: Duration = Duration::from_secs(15);
+
+/// The peer addresses whose datagrams and state count; shared with the transport.
+type Allowed = Arc<RwLock<HashSet<IpAddr>>>;
+
+pub struct Cluster {
+    handle: ChitchatHandle,
+    allowed: Allowed,
+    port: u16,
+    self_ip: IpAddr,
+    started: Instant,
+    /// When each peer was first seen without a live generation.
+    down_since: std::sync::Mutex<HashMap<IpAddr, Instant>>,
+}
+
+/// What the cluster says now.
+pub struct View {
+    /// Each counted peer host with the endpoints it publishes.
+    pub hosts: Vec<(IpAddr, Vec<Published>)>,
+    /// Peers whose entries must be kept as they are: not heard from yet during [`START_GRACE`].
+    pub pending: HashSet<IpAddr>,
+}
+
+impl Cluster {
+    /// Joins the cluster: gossips on `self_ip:port` with `peers` as seeds.
+    pub async fn start(self_ip: IpAddr, port: u16, peers: &[IpAddr]) -> Result<Cluster> {
+        let addr = SocketAddr::new(self_ip, port);
+        let generation = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let allowed: Allowed = Arc::new(RwLock::new(peers.iter().copied().collect()));
+        let config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(format!("oncache-{self_ip}"), generation, addr),
+            cluster_id: CLUSTER_ID.into(),
+            gossip_interval: GOSSIP_INTERVAL,
+            listen_addr: addr,
+            seed_nodes: peers.iter().map(|p| SocketAddr::new(*p, port).to_string()).collect(),
+            failure_detector_config: FailureDetectorConfig {
+                initial_interval: GOSSIP_INTERVAL * 2,
+                // Dead hosts' state is forgotten after this (it is no longer counted long before).
+                dead_node_grace_period: Duration::from_secs(600),
+                ..Default::default()
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: chitchat::ProtocolVersion::V0,
+        };
+        let transport = PeersOnly { allowed: allowed.clone() };
+        let handle = spawn_chitchat(config, Vec::new(), &transport)
+            .await
+            .with_context(|| format!("starting the gossip on {addr}/udp"))?;
+        Ok(Cluster { handle, allowed, port, self_ip, started: Instant::now(), down_since: Default::default() })
+    }
+
+    /// Sets the peer hosts; new ones are contacted at once.
+    pub fn set_peers(&self, peers: &[IpAddr]) {
+        let new: Vec<IpAddr> = {
+            let mut a = self.allowed.write().unwrap_or_else(|e| e.into_inner());
+            let new = peers.iter().copied().filter(|p| !a.contains(p)).collect();
+            *a = peers.iter().copied().collect();
+            new
+        };
+        for p in new {
+            let _ = self.handle.gossip(SocketAddr::new(p, self.port));
+        }
+    }
+
+    /// Publishes exactly `eps` as this host's endpoints.
+    pub async fn publish(&self, eps: &[Published]) {
+        let want: BTreeMap<String, String> = eps.iter().map(|e| (e.key(), e.value())).collect();
+        self.handle
+            .with_chitchat(|c| {
+                let me = c.self_node_state();
+                let stale: Vec<String> = me
+                    .key_values()
+                    .filter(|(k, v)| k.starts_with(view::KEY_PREFIX) && want.get(*k).map(String::as_str) != Some(*v))
+                    .map(|(k, _)| k.to_string())
+                    .collect();
+                for k in stale {
+                    me.delete(&k);
+                }
+                for (k, v) in &want {
+                    if me.get(k) != Some(v.as_str()) {
+                        me.set(k, v);
+                    }
+                }
+            })
+            .await;
+    }
+
+    /// The endpoints each counted peer publishes: a peer's newest live generation; a peer
+    /// without one for less than [`DOWN_GRACE`], its last known state.
+    pub async fn view(&self) -> View {
+        let allowed = self.allowed.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let (newest, live) = self
+            .handle
+            .with_chitchat(|c| {
+                let live: HashSet<ChitchatId> = c.live_nodes().cloned().collect();
+                let mut newest: BTreeMap<IpAddr, (bool, u64, Vec<Published>)> = BTreeMap::new();
+                for (id, state) in c.node_states() {
+                    let ip = id.gossip_advertise_addr.ip();
+                    if ip == self.self_ip || !allowed.contains(&ip) {
+                        continue;
+                    }
+                    let rank = (live.contains(id), id.generation_id);
+                    if newest.get(&ip).is_some_and(|(l, g, _)| (*l, *g) >= rank) {
+                        continue;
+                    }
+                    let eps = state.key_values().filter_map(|(k, v)| Published::parse(k, v)).collect();
+                    newest.insert(ip, (rank.0, rank.1, eps));
+                }
+                let live_ips: HashSet<IpAddr> = live.iter().map(|id| id.gossip_advertise_addr.ip()).collect();
+                (newest, live_ips)
+            })
+            .await;
+        let now = Instant::now();
+        let mut down = self.down_since.lock().unwrap_or_else(|e| e.into_inner());
+        down.retain(|ip, _| !live.contains(ip));
+        let mut hosts = Vec::new();
+        for (ip, (is_live, _, eps)) in newest {
+            let gone_for = if is_live { Duration::ZERO } else { now - *down.entry(ip).or_insert(now) };
+            if gone_for < DOWN_GRACE {
+                hosts.push((ip, eps));
+            }
+        }
+        let heard: HashSet<IpAddr> = hosts.iter().map(|(ip, _)| *ip).chain(down.keys().copied()).collect();
+        let pending = if self.started.elapsed() < START_GRACE {
+            allowed.iter().filter(|p| !heard.contains(p)).copied().collect()
+        } else {
+            HashSet::new()
+        };
+        View { hosts, pending }
+    }
+
+    /// Peers with a live generation, for `oncache status`.
+    pub async fn live_peers(&self) -> Vec<IpAddr> {
+        let me = self.self_ip;
+        self.handle
+            .with_chitchat(|c| c.live_nodes().map(|id| id.gossip_advertise_addr.ip()).filter(|ip| *ip != me).collect())
+            .await
+    }
+}
+
+/// chitchat's UDP transport, keeping to the peers: nothing is sent to, or accepted from, any
+/// other address (chitchat's own socket decodes a datagram before its source can be judged;
+/// its encoding is private to the crate).
+struct PeersOnly {
+    allowed: Allowed,
+}
+
+#[async_trait]
+impl Transport for PeersOnly {
+    async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        let inner = UdpTransport.open(listen_addr).await?;
+        Ok(Box::new(PeersOnlySocket { inner, allowed: self.allowed.clone() }))
+    }
+}
+
+struct PeersOnlySocket {
+    inner: Box<dyn Socket>,
+    allowed: Allowed,
+}
+
+impl PeersOnlySocket {
+    fn allowed(&self, a: &SocketAddr) -> bool {
+        self.allowed.read().unwrap_or_else(|e| e.into_inner()).contains(&a.ip())
+    }
+}
+
+#[async_trait]
+impl Socket for PeersOnlySocket {
+    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    async fn send(&mut self, to: SocketAddr, envelope: chitchat::ChitchatEnvelope) -> anyhow::Result<SendOutcome> {
+        if !self.allowed(&to) {
+            return Ok(SendOutcome { num_bytes_sent: 0 });
+        }
+        self.inner.send(to, envelope).await
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
+        loop {
+            let r = self.inner.recv().await?;
+            if self.allowed(&r.from_addr) {
+                return Ok(r);
+            }
+            log::debug!("gossip: dropped a datagram from {}, not a peer", r.from_addr);
+        }
+    }
+}

@@ -429,8 +429,9 @@ impl Drop for Sandboxes {
 /// Two networks with the same subnet on the same two hosts (explicit, different VNIs) never
 /// share entries: each container reaches only its own network's peer. Driven through the
 /// plugin API, with namespaces as containers (dockerd itself refuses overlapping subnets).
-#[test]
-fn networks_with_the_same_subnet_stay_isolated() {
+/// Two hosts, each with an endpoint in two networks (VNI 300 and 301) of the same subnet
+/// 10.206.0.0/24 in a namespace of its own: host 0's are 10.206.0.2, host 1's 10.206.0.3.
+fn same_subnet_lab() -> (Lab, Sandboxes, std::collections::HashMap<(u32, usize), String>) {
     let mut lab = Lab::new(2);
     let (ip0, ip1) = (lab.host(0).underlay_ip.to_string(), lab.host(1).underlay_ip.to_string());
     lab.host_mut(0).start_oncache(&["--peer", &ip1]);
@@ -461,6 +462,55 @@ fn networks_with_the_same_subnet_stay_isolated() {
             ns.insert((vni, i), format!("/run/netns/{name}"));
         }
     }
+    // Each host knows the other's two endpoints (from the control plane) before traffic.
+    for h in lab.hosts() {
+        let known = lab::try_wait_for(Duration::from_secs(20), || (status(h)["remote_endpoints"] == 2).then_some(()));
+        assert!(known.is_some(), "{}: remote endpoints never arrived: {}", h.name, status(h));
+    }
+    (lab, boxes, ns)
+}
+
+/// The same 5-tuple in two networks is two connections, one per conntrack zone: while a UDP
+/// flow is established in VNI 300, the same flow's packets in VNI 301 are NEW there, so a
+/// firewall rule that forwards only established connections in VNI 301 stops them.
+#[test]
+fn the_same_five_tuple_in_two_networks_is_two_connections() {
+    let (lab, boxes, ns) = same_subnet_lab();
+    let peer: Ipv4Addr = "10.206.0.3".parse().unwrap();
+    let _e300 = Echo::start(&ns[&(300, 1)], 7007, "300:");
+    let _e301 = Echo::start(&ns[&(301, 1)], 7007, "301:");
+    let h0 = lab.host(0);
+    let bound = |ns: &str| {
+        support::traffic::in_netns(ns, || {
+            let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 40007)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            s
+        })
+        .join()
+        .unwrap()
+    };
+    let rule = "FORWARD -i ocbr301 -m conntrack --ctstate NEW -j DROP";
+    h0.sh(&format!("iptables -I {rule}"));
+    let s300 = bound(&ns[&(300, 0)]);
+    let tags = exchange(&s300, peer, 7007, 20, 100).expect("VNI 300 is open");
+    assert!(tags.iter().all(|t| t == "300:"), "{tags:?}");
+    let s301 = bound(&ns[&(301, 0)]);
+    let r = exchange(&s301, peer, 7007, 1, 100);
+    assert!(r.is_err(), "VNI 301's packets passed as if they were VNI 300's connection: {r:?}");
+    let ct = h0.sh("cat /proc/net/nf_conntrack");
+    let flow: Vec<&str> = ct.lines().filter(|l| l.contains("sport=40007 dport=7007")).collect();
+    assert!(flow.iter().any(|l| l.contains("zone=300")), "no connection in VNI 300's zone: {flow:#?}");
+    assert!(!flow.iter().any(|l| !l.contains("zone=")), "a connection in the host's zone: {flow:#?}");
+    h0.sh(&format!("iptables -D {rule}"));
+    let tags = exchange(&s301, peer, 7007, 5, 100).expect("VNI 301 once the rule is gone");
+    assert!(tags.iter().all(|t| t == "301:"), "{tags:?}");
+    drop(boxes);
+    lab.finish();
+}
+
+#[test]
+fn networks_with_the_same_subnet_stay_isolated() {
+    let (lab, boxes, ns) = same_subnet_lab();
     let peer: Ipv4Addr = "10.206.0.3".parse().unwrap();
     let _e300 = Echo::start(&ns[&(300, 1)], 7006, "300:");
     let _e301 = Echo::start(&ns[&(301, 1)], 7006, "301:");

@@ -227,6 +227,8 @@ impl Driver {
             None => options::allocate_vni(&used).ok_or_else(|| anyhow!("no free VNI left"))?,
         };
         let mtu = options::mtu(opts.mtu, self.dp.underlay.mtu).map_err(|e| anyhow!(e))?;
+        let zones: Vec<u16> = others.iter().map(|o| o.zone).collect();
+        let zone = options::allocate_zone(vni, &zones).ok_or_else(|| anyhow!("no free conntrack zone left on this host"))?;
         let n = Network {
             id: req.network_id.clone(),
             vni,
@@ -236,10 +238,15 @@ impl Driver {
             fastpath: opts.fastpath,
             options: given,
             created: now(),
+            zone,
         };
         self.store.put_network(&n)?;
+        if let Err(e) = self.dp.add_zone(vni, zone) {
+            log::warn!("network {}: {e:#}; its connections share the host's conntrack zone", n.id);
+        }
         if let Err(e) = self.dp.ensure_network(spec(&n)).await {
-            // Leave neither a record nor half-made links behind a failed create.
+            // Leave neither a record nor half-made links or rules behind a failed create.
+            self.dp.remove_zone(vni, zone);
             let _ = self.dp.remove_network(vni).await;
             self.store.delete_network(&n.id)?;
             return Err(e);
@@ -263,6 +270,7 @@ impl Driver {
             f.maps.remove_network(n.vni)?;
         }
         self.dp.remove_network(n.vni).await?;
+        self.dp.remove_zone(n.vni, n.zone);
         self.store.delete_network(id)?;
         self.publish().await?;
         log::info!("network {id} deleted (VNI {})", n.vni);
@@ -572,7 +580,17 @@ impl Driver {
     /// need, re-attach surviving veths, remove oncache links nothing owns.
     pub async fn reconcile(&mut self) -> Result<()> {
         let peers = self.usable_peers()?;
-        let networks = self.store.networks()?;
+        let mut networks = self.store.networks()?;
+        // Records of an older oncache have no zone yet.
+        let mut used: Vec<u16> = networks.iter().map(|n| n.zone).filter(|z| *z != 0).collect();
+        for n in networks.iter_mut().filter(|n| n.zone == 0) {
+            n.zone = options::allocate_zone(n.vni, &used).ok_or_else(|| anyhow!("no free conntrack zone left on this host"))?;
+            used.push(n.zone);
+            self.store.put_network(n)?;
+        }
+        if let Err(e) = self.dp.set_zones(&networks.iter().map(|n| (n.vni, n.zone)).collect::<Vec<_>>()) {
+            log::warn!("{e:#}; networks' connections share the host's conntrack zone");
+        }
         for n in &networks {
             self.dp.ensure_network(spec(n)).await.with_context(|| format!("restoring network {}", n.id))?;
         }

@@ -81,9 +81,26 @@ pub fn allocate_vni(used: &[u32]) -> Option<u32> {
     (VNI_AUTO_FIRST..=VNI_MAX).find(|v| !used.contains(v))
 }
 
+/// This host's conntrack zone for a network: its VNI when that fits a zone ID and is free
+/// (easy to read in `conntrack -L`), else the lowest free one. Zone 0 is the host's own.
+pub fn allocate_zone(vni: u32, used: &[u16]) -> Option<u16> {
+    let free = |z: &u16| *z != 0 && !used.contains(z);
+    u16::try_from(vni).ok().filter(free).or_else(|| (1..=u16::MAX).find(free))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zones_follow_the_vni_when_they_can() {
+        assert_eq!(allocate_zone(300, &[]), Some(300));
+        assert_eq!(allocate_zone(300, &[300]), Some(1));
+        assert_eq!(allocate_zone(70000, &[1, 2]), Some(3));
+        assert_eq!(allocate_zone(0x10000, &[]), Some(1), "65536 does not fit");
+        let all: Vec<u16> = (1..=u16::MAX).collect();
+        assert_eq!(allocate_zone(5, &all), None);
+    }
 
     fn opts(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
         kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

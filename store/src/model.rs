@@ -27,6 +27,10 @@ pub struct Network {
     /// endpoint ever joined, an old network is likely one dockerd never kept (a ghost).
     #[serde(default)]
     pub created: u64,
+    /// This host's conntrack zone for the network's bridged traffic (1–65535; 0: not yet
+    /// given, as in records of an older oncache).
+    #[serde(default)]
+    pub zone: u16,
 }
 
 /// A container's attachment to a network.

@@ -10,6 +10,7 @@ fn net(id: &str, vni: u32) -> Network {
         fastpath: true,
         options: Default::default(),
         created: 0,
+        zone: 0,
     }
 }
 

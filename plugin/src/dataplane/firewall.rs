@@ -9,12 +9,18 @@
 //!   those of flows conntrack has seen in both directions (ESTABLISHED) with
 //!   [`oncache_common::ADMIT_MARK`]; the fast path learns only from marked packets. The mark is
 //!   skb metadata: it never appears on the wire and is cleared when a packet enters a container.
+//! - raw/PREROUTING: ONCACHE-ZONES puts each network's bridged traffic in a conntrack zone of
+//!   its own (`-i ocbr<VNI> -j CT --zone <zone>`), so that two networks with the same subnet
+//!   never share a connection: a packet of one is never ESTABLISHED by a flow of the other, in
+//!   the filter table and for admission alike.
 
 use anyhow::{bail, Context, Result};
 use std::process::Command;
 
 const FORWARD_CHAIN: &str = "ONCACHE-FORWARD";
 const ADMIT_CHAIN: &str = "ONCACHE-ADMIT";
+const ZONES_CHAIN: &str = "ONCACHE-ZONES";
+const TOOLS: [&str; 2] = ["iptables", "ip6tables"];
 const BRIDGES: &str = "ocbr+";
 
 fn run(tool: &str, args: &[&str]) -> Result<bool> {
@@ -63,12 +69,68 @@ pub fn ensure() {
     }
 }
 
+fn zone_rule(vni: u32, zone: u16) -> [String; 6] {
+    ["-i".into(), crate::naming::bridge(vni), "-j".into(), "CT".into(), "--zone".into(), zone.to_string()]
+}
+
+/// Makes ONCACHE-ZONES hold exactly one zone rule per network in `zones` (VNI, zone), for IPv4
+/// and IPv6. Fails when a rule cannot be added: a network without its zone would share
+/// connections with the host's other traffic.
+pub fn set_zones(zones: &[(u32, u16)]) -> Result<()> {
+    for tool in TOOLS {
+        let t = ["-t", "raw"];
+        run(tool, &[&t[..], &["-N", ZONES_CHAIN]].concat())?;
+        run(tool, &[&t[..], &["-F", ZONES_CHAIN]].concat())?;
+        for (vni, zone) in zones {
+            let rule = zone_rule(*vni, *zone);
+            let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+            if !run(tool, &[&t[..], &["-A", ZONES_CHAIN], &rule].concat())? {
+                bail!("{tool}: cannot add the conntrack zone rule of VNI {vni}");
+            }
+        }
+        let jump = ["-j", ZONES_CHAIN];
+        if !run(tool, &[&t[..], &["-C", "PREROUTING"], &jump].concat())? && !run(tool, &[&t[..], &["-I", "PREROUTING"], &jump].concat())? {
+            bail!("{tool}: cannot add the jump to {ZONES_CHAIN} in raw/PREROUTING");
+        }
+    }
+    Ok(())
+}
+
+/// Adds one network's zone rule (idempotent).
+pub fn add_zone(vni: u32, zone: u16) -> Result<()> {
+    for tool in TOOLS {
+        let rule = zone_rule(vni, zone);
+        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+        let t = ["-t", "raw"];
+        run(tool, &[&t[..], &["-N", ZONES_CHAIN]].concat())?;
+        if !run(tool, &[&t[..], &["-C", ZONES_CHAIN], &rule].concat())? && !run(tool, &[&t[..], &["-A", ZONES_CHAIN], &rule].concat())? {
+            bail!("{tool}: cannot add the conntrack zone rule of VNI {vni}");
+        }
+        let jump = ["-j", ZONES_CHAIN];
+        if !run(tool, &[&t[..], &["-C", "PREROUTING"], &jump].concat())? && !run(tool, &[&t[..], &["-I", "PREROUTING"], &jump].concat())? {
+            bail!("{tool}: cannot add the jump to {ZONES_CHAIN} in raw/PREROUTING");
+        }
+    }
+    Ok(())
+}
+
+/// Removes one network's zone rule; absent is fine.
+pub fn remove_zone(vni: u32, zone: u16) {
+    for tool in TOOLS {
+        let rule = zone_rule(vni, zone);
+        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+        let _ = run(tool, &[&["-t", "raw", "-D", ZONES_CHAIN], &rule[..]].concat());
+    }
+}
+
 /// Removes the jumps and the chains (`oncache uninstall`).
 pub fn remove() {
     for (tool, table, from, chain) in [
         ("iptables", "filter", "FORWARD", FORWARD_CHAIN),
         ("ip6tables", "filter", "FORWARD", FORWARD_CHAIN),
         ("iptables", "mangle", "POSTROUTING", ADMIT_CHAIN),
+        ("iptables", "raw", "PREROUTING", ZONES_CHAIN),
+        ("ip6tables", "raw", "PREROUTING", ZONES_CHAIN),
     ] {
         let _ = run(tool, &["-t", table, "-D", from, "-j", chain]);
         let _ = run(tool, &["-t", table, "-F", chain]);

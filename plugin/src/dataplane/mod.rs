@@ -204,6 +204,20 @@ impl Dataplane {
         Ok(true)
     }
 
+    /// A network's conntrack zone in the host firewall (see [`firewall`]).
+    pub fn add_zone(&self, vni: u32, zone: u16) -> Result<()> {
+        firewall::add_zone(vni, zone)
+    }
+
+    pub fn remove_zone(&self, vni: u32, zone: u16) {
+        firewall::remove_zone(vni, zone)
+    }
+
+    /// Exactly these networks' zones (at start).
+    pub fn set_zones(&self, zones: &[(u32, u16)]) -> Result<()> {
+        firewall::set_zones(zones)
+    }
+
     pub async fn link_index(&self, name: &str) -> Result<Option<u32>> {
         Ok(self.nl.link(name).await?.map(|l| l.index))
     }

@@ -416,15 +416,6 @@ fn reused_address_on_another_host_is_reached() {
 }
 
 /// Namespaces standing in for containers, removed on drop.
-struct Sandboxes(Vec<String>);
-
-impl Drop for Sandboxes {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = std::process::Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
 
 /// Two networks with the same subnet on the same two hosts (explicit, different VNIs) never
 /// share entries: each container reaches only its own network's peer. Driven through the
@@ -436,36 +427,20 @@ fn same_subnet_lab() -> (Lab, Sandboxes, std::collections::HashMap<(u32, usize),
     let (ip0, ip1) = (lab.host(0).underlay_ip.to_string(), lab.host(1).underlay_ip.to_string());
     lab.host_mut(0).start_oncache(&["--peer", &ip1]);
     lab.host_mut(1).start_oncache(&["--peer", &ip0]);
-    let mut boxes = Sandboxes(vec![]);
+    let mut boxes = Sandboxes::default();
     let mut ns = std::collections::HashMap::new();
     for vni in [300u32, 301] {
         let net = format!("{vni:0>64}");
         for (i, h) in lab.hosts().iter().enumerate() {
-            let body = serde_json::json!({"NetworkID": net, "Options": {"com.docker.network.generic": {"oncache.vni": vni.to_string()}},
-                "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.206.0.0/24", "Gateway": "10.206.0.1/24"}]});
-            assert_eq!(call(h, "NetworkDriver.CreateNetwork", body).0, 200);
-            let ep = format!("{vni}{i}{:0>59}", 0);
-            let addr = format!("10.206.0.{}", i + 2);
-            let (code, v) = call(h, "NetworkDriver.CreateEndpoint", serde_json::json!({"NetworkID": net, "EndpointID": ep, "Interface": {"Address": format!("{addr}/24")}}));
-            assert_eq!(code, 200, "{v}");
-            let (code, v) = call(h, "NetworkDriver.Join", serde_json::json!({"NetworkID": net, "EndpointID": ep, "SandboxKey": "/x"}));
-            assert_eq!(code, 200, "{v}");
-            let src = v["InterfaceName"]["SrcName"].as_str().unwrap().to_string();
+            create_network_api(h, &net, vni, "10.206.0.0/24");
             let name = format!("oc{}n{vni}h{i}", lab.suffix());
-            boxes.0.push(name.clone());
-            lab::wait_for("netns add", Duration::from_secs(5), || {
-                std::process::Command::new("ip").args(["netns", "add", &name]).status().ok().filter(|s| s.success())
-            });
-            h.sh(&format!(
-                "ip link set {src} netns {name} && ip -n {name} link set {src} name eth0 && ip -n {name} addr add {addr}/24 dev eth0 && ip -n {name} link set eth0 up && ip -n {name} link set lo up"
-            ));
-            ns.insert((vni, i), format!("/run/netns/{name}"));
+            let path = boxes.plug(h, &name, &net, &format!("{vni}{i}{:0>59}", 0), &format!("10.206.0.{}", i + 2));
+            ns.insert((vni, i), path);
         }
     }
     // Each host knows the other's two endpoints (from the control plane) before traffic.
     for h in lab.hosts() {
-        let known = lab::try_wait_for(Duration::from_secs(20), || (status(h)["remote_endpoints"] == 2).then_some(()));
-        assert!(known.is_some(), "{}: remote endpoints never arrived: {}", h.name, status(h));
+        wait_remotes(h, 2, Duration::from_secs(20));
     }
     (lab, boxes, ns)
 }

@@ -84,6 +84,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         0 => None,
         port => Some(Arc::new(Cluster::start(dp.underlay.ip.into(), port, &peers).await?)),
     };
+    let underlay_index = dp.underlay.index;
     let mut driver = Driver::new(store, dp, fast, cluster.clone());
     for p in &cfg.peers {
         driver.add_peer(*p).await.with_context(|| format!("--peer {p}"))?;
@@ -97,6 +98,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     if let Some(c) = cluster {
         tokio::spawn(follow_cluster(c, driver.clone()));
     }
+    tokio::spawn(follow_next_hops(underlay_index, driver.clone()));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let stop = async move {
@@ -158,6 +160,28 @@ async fn follow_cluster(cluster: Arc<Cluster>, plugin: server::Shared) {
         let view = cluster.view().await;
         if let Err(e) = plugin.driver.lock().await.apply_view(&view).await {
             log::warn!("applying the cluster's view: {e:#}");
+        }
+    }
+}
+
+/// Outer headers the fast path learned name the underlay's next hop (its MAC, the interface):
+/// when a neighbour or route changes they go, and the next slow-path packet to each host
+/// teaches the new one.
+async fn follow_next_hops(underlay: u32, plugin: server::Shared) {
+    use futures_util::StreamExt;
+    let events = match crate::dataplane::netlink::Netlink::watch_next_hops(underlay) {
+        Ok(e) => e,
+        Err(e) => {
+            log::warn!("not following neighbour and route changes (outer headers only refresh on restart): {e:#}");
+            return;
+        }
+    };
+    tokio::pin!(events);
+    while events.next().await.is_some() {
+        match plugin.driver.lock().await.next_hops_changed() {
+            Ok(0) => {}
+            Ok(n) => log::info!("underlay neighbour or route changed: {n} outer headers dropped, to be learned again"),
+            Err(e) => log::warn!("dropping outer headers: {e:#}"),
         }
     }
 }

@@ -109,6 +109,12 @@ impl Driver {
     /// (see [`cluster::view::remotes`]); entries of peers not heard from since start are kept.
     pub async fn apply_view(&mut self, v: &cluster::View) -> Result<()> {
         let networks = self.store.networks()?;
+        if v.resync_kernel {
+            // Anti-entropy with the kernel too: entries someone removed or changed by hand come
+            // back, and stray ones go.
+            let vnis: Vec<u32> = networks.iter().map(|n| n.vni).collect();
+            self.remotes = self.dp.remotes_in_kernel(&vnis).await?;
+        }
         let vnis: HashSet<u32> = networks.iter().map(|n| n.vni).collect();
         let mut local = HashSet::new();
         for ep in self.store.endpoints()?.iter().filter(|e| e.sandbox.is_some()) {
@@ -526,6 +532,14 @@ impl Driver {
 
     pub fn cache_list(&mut self) -> Result<fastpath::maps::CacheList> {
         self.fast()?.maps.list()
+    }
+
+    /// The underlay's neighbours or routes changed: learned outer headers may be stale.
+    pub fn next_hops_changed(&mut self) -> Result<usize> {
+        match self.fast.as_mut() {
+            Some(f) => f.maps.forget_outer(),
+            None => Ok(0),
+        }
     }
 
     pub fn cache_flush(&mut self) -> Result<usize> {

@@ -123,3 +123,64 @@ pub fn cache(h: &Host) -> Value {
     assert_eq!(code, 200, "cache list: {v}");
     v
 }
+
+/// Creates network `net` (64 hex) with VNI `vni` and IPv4 pool `pool` through the plugin API.
+pub fn create_network_api(h: &Host, net: &str, vni: u32, pool: &str) {
+    let body = json!({"NetworkID": net, "Options": {"com.docker.network.generic": {"oncache.vni": vni.to_string()}},
+        "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": pool}]});
+    let (code, v) = call(h, "NetworkDriver.CreateNetwork", body);
+    assert_eq!(code, 200, "{}: CreateNetwork: {v}", h.name);
+}
+
+/// Network namespaces standing in for containers, for tests that drive the plugin API without
+/// dockerd; removed on drop (their veths go with them).
+#[derive(Default)]
+pub struct Sandboxes(pub Vec<String>);
+
+impl Sandboxes {
+    /// Endpoint `ep` with `addr`/24 on network `net` of host `h`, joined, its container end
+    /// moved into a new namespace `name` as eth0 (up, with the address). Returns the
+    /// namespace's path.
+    pub fn plug(&mut self, h: &Host, name: &str, net: &str, ep: &str, addr: &str) -> String {
+        let (code, v) = call(h, "NetworkDriver.CreateEndpoint", json!({"NetworkID": net, "EndpointID": ep, "Interface": {"Address": format!("{addr}/24")}}));
+        assert_eq!(code, 200, "{}: CreateEndpoint: {v}", h.name);
+        let (code, v) = call(h, "NetworkDriver.Join", json!({"NetworkID": net, "EndpointID": ep, "SandboxKey": format!("/run/netns/{name}")}));
+        assert_eq!(code, 200, "{}: Join: {v}", h.name);
+        let src = v["InterfaceName"]["SrcName"].as_str().unwrap().to_string();
+        self.0.push(name.to_string());
+        lab::wait_for("netns add", Duration::from_secs(5), || {
+            std::process::Command::new("ip").args(["netns", "add", name]).status().ok().filter(|s| s.success())
+        });
+        h.sh(&format!(
+            "ip link set {src} netns {name} && ip -n {name} link set {src} name eth0 && ip -n {name} addr add {addr}/24 dev eth0 && ip -n {name} link set eth0 up && ip -n {name} link set lo up"
+        ));
+        format!("/run/netns/{name}")
+    }
+
+    /// Leave and DeleteEndpoint for `ep`, then its namespace goes.
+    pub fn unplug(&mut self, h: &Host, name: &str, net: &str, ep: &str) {
+        for m in ["NetworkDriver.Leave", "NetworkDriver.DeleteEndpoint"] {
+            let (code, v) = call(h, m, json!({"NetworkID": net, "EndpointID": ep}));
+            assert_eq!(code, 200, "{}: {m}: {v}", h.name);
+        }
+        let _ = std::process::Command::new("ip").args(["netns", "del", name]).status();
+        self.0.retain(|n| n != name);
+    }
+}
+
+impl Drop for Sandboxes {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = std::process::Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// Waits until `h` has exactly `n` remote endpoints from the control plane; returns how long
+/// that took.
+pub fn wait_remotes(h: &Host, n: u64, timeout: Duration) -> Duration {
+    let start = std::time::Instant::now();
+    let ok = lab::try_wait_for(timeout, || (status(h)["remote_endpoints"].as_u64() == Some(n)).then_some(()));
+    assert!(ok.is_some(), "{}: not {n} remote endpoints within {timeout:?}: {}", h.name, status(h));
+    start.elapsed()
+}

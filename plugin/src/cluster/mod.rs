@@ -42,6 +42,7 @@ pub struct Cluster {
     started: Instant,
     /// When each peer was first seen without a live generation.
     down_since: std::sync::Mutex<HashMap<IpAddr, Instant>>,
+    last_resync: std::sync::Mutex<Instant>,
 }
 
 /// What the cluster says now.
@@ -50,7 +51,12 @@ pub struct View {
     pub hosts: Vec<(IpAddr, Vec<Published>)>,
     /// Peers whose entries must be kept as they are: not heard from yet during [`START_GRACE`].
     pub pending: HashSet<IpAddr>,
+    /// Whether to read back what the kernel holds before applying (every [`KERNEL_RESYNC`]).
+    pub resync_kernel: bool,
 }
+
+/// How often the programmed entries are compared with what the kernel really holds.
+pub const KERNEL_RESYNC: Duration = Duration::from_secs(5);
 
 impl Cluster {
     /// Joins the cluster: gossips on `self_ip:port` with `peers` as seeds.
@@ -79,7 +85,8 @@ impl Cluster {
         let handle = spawn_chitchat(config, Vec::new(), &transport)
             .await
             .with_context(|| format!("starting the gossip on {addr}/udp"))?;
-        Ok(Cluster { handle, allowed, port, self_ip, started: Instant::now(), down_since: Default::default() })
+        let now = Instant::now();
+        Ok(Cluster { handle, allowed, port, self_ip, started: now, down_since: Default::default(), last_resync: std::sync::Mutex::new(now) })
     }
 
     /// Sets the peer hosts; new ones are contacted at once.
@@ -159,7 +166,15 @@ impl Cluster {
         } else {
             HashSet::new()
         };
-        View { hosts, pending }
+        let resync_kernel = {
+            let mut last = self.last_resync.lock().unwrap_or_else(|e| e.into_inner());
+            let due = last.elapsed() >= KERNEL_RESYNC;
+            if due {
+                *last = now;
+            }
+            due
+        };
+        View { hosts, pending, resync_kernel }
     }
 
     /// Peers with a live generation, for `oncache status`.

@@ -47,9 +47,28 @@ fn ensure_chain(tool: &str, table: &str, from: &str, chain: &str, rule: &[&str])
     Ok(())
 }
 
+/// conntrack's TCP window tracking only sees the packets of a flow that take the slow path:
+/// once a flow has run on the fast path, its next slow-path packets lie beyond the window
+/// conntrack last saw and would be INVALID, so the flow could never be admitted again (after a
+/// cache flush, an eviction, a restart). Liberal window tracking (as kube-proxy sets for the
+/// same reason) keeps such packets ESTABLISHED; SYN, RST and FIN handling stay strict.
+const TCP_BE_LIBERAL: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal";
+
+fn ensure_liberal_tcp() {
+    match std::fs::read_to_string(TCP_BE_LIBERAL) {
+        Ok(v) if v.trim() == "1" => {}
+        Ok(_) => match std::fs::write(TCP_BE_LIBERAL, "1") {
+            Ok(()) => log::info!("set net.netfilter.nf_conntrack_tcp_be_liberal=1 (flows return from the fast path within conntrack's window)"),
+            Err(e) => log::warn!("cannot set {TCP_BE_LIBERAL}: {e}; a TCP flow that leaves the fast path stays on the slow path"),
+        },
+        Err(e) => log::warn!("cannot read {TCP_BE_LIBERAL}: {e}"),
+    }
+}
+
 /// Installs the chains and jumps (idempotent). Without iptables there is nothing to open,
 /// and nothing is admitted to the fast path.
 pub fn ensure() {
+    ensure_liberal_tcp();
     let accept = ["-i", BRIDGES, "-o", BRIDGES, "-j", "ACCEPT"];
     let mark = format!("{:#x}", oncache_common::ADMIT_MARK);
     let admit = ["-o", BRIDGES, "-m", "conntrack", "--ctstate", "ESTABLISHED", "-j", "MARK", "--or-mark", &mark];

@@ -76,6 +76,51 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
+    /// Yields whenever the underlay's next hops may have moved in this network namespace: a
+    /// neighbour on interface `underlay` changed its link-layer address, failed or went away
+    /// (RTMGRP_NEIGH), or an IPv4 route changed (RTMGRP_IPV4_ROUTE). A neighbour merely ageing
+    /// (reachable, stale, probed) with the same address is no change. Must run inside tokio.
+    pub fn watch_next_hops(underlay: u32) -> Result<impl futures_util::Stream<Item = ()>> {
+        use futures_util::StreamExt;
+        use rtnetlink::sys::AsyncSocket;
+        let (mut conn, _handle, messages) = rtnetlink::new_connection().context("opening a netlink socket")?;
+        let groups = rtnetlink::constants::RTMGRP_NEIGH | rtnetlink::constants::RTMGRP_IPV4_ROUTE;
+        conn.socket_mut()
+            .socket_mut()
+            .bind(&rtnetlink::sys::SocketAddr::new(0, groups))
+            .context("subscribing to neighbour and route changes")?;
+        tokio::spawn(conn);
+        let known = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<(u32, IpAddr), Vec<u8>>::new()));
+        Ok(messages.filter_map(move |(m, _)| {
+            let known = known.clone();
+            async move {
+                let mut known = known.lock().unwrap_or_else(|e| e.into_inner());
+                match m.payload {
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n))
+                        if n.header.ifindex != underlay =>
+                    {
+                        None
+                    }
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) => {
+                        let (dst, lladdr) = neigh_fields(&n);
+                        let key = (n.header.ifindex, dst?);
+                        let dead = matches!(n.header.state, NeighbourState::Failed | NeighbourState::Incomplete);
+                        match (dead, lladdr) {
+                            (false, Some(l)) => (known.insert(key, l.clone()).is_some_and(|old| old != l)).then_some(()),
+                            _ => known.remove(&key).map(|_| ()),
+                        }
+                    }
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(n)) => {
+                        let (dst, _) = neigh_fields(&n);
+                        known.remove(&(n.header.ifindex, dst?)).map(|_| ())
+                    }
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_)) => Some(()),
+                    _ => None,
+                }
+            }
+        }))
+    }
+
     pub async fn links(&self) -> Result<Vec<Link>> {
         let msgs: Vec<LinkMessage> =
             self.handle.link().get().execute().try_collect().await.context("listing links")?;
@@ -330,6 +375,19 @@ fn fdb_message(vxlan: u32, mac: [u8; 6], dst: IpAddr) -> NeighbourMessage {
         IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
     }));
     m
+}
+
+/// A neighbour message's address and link-layer address.
+fn neigh_fields(m: &NeighbourMessage) -> (Option<IpAddr>, Option<Vec<u8>>) {
+    let (mut dst, mut ll) = (None, None);
+    for a in &m.attributes {
+        match a {
+            NeighbourAttribute::Destination(d) => dst = ip_of(d),
+            NeighbourAttribute::LinkLayerAddress(l) => ll = Some(l.clone()),
+            _ => {}
+        }
+    }
+    (dst, ll)
 }
 
 /// The bridge's own (master) static entry for a MAC behind the VXLAN port.

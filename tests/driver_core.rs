@@ -99,3 +99,40 @@ fn forced_network_removal_takes_its_endpoints_along() {
         assert_eq!(code, 500, "{v}");
     });
 }
+
+/// Swarm's leader allocates: a VNI per network, returned with every user option; a replay (a
+/// new leader) with the returned options keeps it; two networks never share one; FreeNetwork
+/// always succeeds and frees the VNI.
+#[test]
+fn swarm_allocation_is_idempotent_and_unique() {
+    on_own_thread(|| {
+        let tb = Testbed::swarm().unwrap();
+        let (code, caps) = tb.call("NetworkDriver.GetCapabilities", b"");
+        assert_eq!((code, &caps["Scope"]), (200, &json!("global")));
+        let alloc = |id: &str, opts: Value| {
+            let body = json!({"NetworkID": id, "Options": opts, "IPv4Data": [{"AddressSpace": "", "Pool": "10.241.0.0/24", "Gateway": "10.241.0.1/24"}], "IPv6Data": null});
+            tb.call("NetworkDriver.AllocateNetwork", body.to_string().as_bytes())
+        };
+        let (n1, n2) = ("a1".repeat(32), "b2".repeat(32));
+        let (code, r1) = alloc(&n1, json!({"com.docker.network.driver.mtu": "1400"}));
+        assert_eq!(code, 200, "{r1}");
+        assert_eq!(r1["Options"]["com.docker.network.driver.mtu"], "1400", "user options echoed: {r1}");
+        let vni1 = r1["Options"]["oncache.vni"].as_str().unwrap().to_string();
+        // A new leader replays with what was returned; and a plain repeat answers the same.
+        assert_eq!(alloc(&n1, r1["Options"].clone()), (200, r1.clone()));
+        assert_eq!(alloc(&n1, json!({"com.docker.network.driver.mtu": "1400"})), (200, r1.clone()));
+        let (_, r2) = alloc(&n2, json!({}));
+        assert_ne!(r2["Options"]["oncache.vni"].as_str().unwrap(), vni1, "two networks, one VNI: {r2}");
+        let (code, v) = alloc(&"c3".repeat(32), json!({"oncache.vni": vni1}));
+        assert_eq!(code, 500);
+        assert!(v["Err"].as_str().unwrap().contains("already allocated"), "{v}");
+        let (code, v) = alloc(&"d4".repeat(32), json!({"oncache.frobnicate": "1"}));
+        assert_eq!(code, 500, "{v}");
+        for id in [n1.as_str(), "", "é"] {
+            assert_eq!(tb.call("NetworkDriver.FreeNetwork", json!({"NetworkID": id}).to_string().as_bytes()), (200, json!({})));
+        }
+        // Freed: a new network may get that VNI again.
+        let (_, r4) = alloc(&"e5".repeat(32), json!({}));
+        assert_eq!(r4["Options"]["oncache.vni"].as_str().unwrap(), vni1);
+    });
+}

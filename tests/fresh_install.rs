@@ -67,3 +67,22 @@ fn bpf_dir_off_bpffs_means_slow_path_only() {
     assert!(!dir.join("maps").exists(), "pins were attempted off bpffs");
     lab.finish();
 }
+
+/// The socket is served before the slow start-up work (eBPF load, reconciling): dockerd, and
+/// above all a managed plugin's dockerd, gets its handshake at once; driver calls wait for the
+/// start-up to finish instead of failing.
+#[test]
+fn the_socket_is_served_before_the_fast_path_loads() {
+    let mut lab = Lab::new(1);
+    lab.start_oncaches(&[]);
+    let h = lab.host(0);
+    // A driver call waits for the start-up: after it, the whole story is in the log.
+    assert!(status(h)["fastpath"].as_str().unwrap().starts_with("on"));
+    let log = lab::try_wait_for(std::time::Duration::from_secs(10), || Some(h.oncache_log()).filter(|l| l.contains("] started") || l.contains(" started\n")))
+        .unwrap_or_else(|| h.oncache_log());
+    let served = log.find("serving the oncache network driver").expect("never served");
+    let loaded = log.find("fast path on").expect("fast path never on");
+    let started = log.find("] started").or_else(|| log.find(" started")).expect("start-up never finished");
+    assert!(served < loaded && loaded < started, "order in the log: served {served}, fast path {loaded}, started {started}:\n{log}");
+    lab.finish();
+}

@@ -62,7 +62,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         ("NetworkDriver.CreateEndpoint", json!({"NetworkID": NET, "EndpointID": EP, "Interface": {"Address": "10.230.0.300/24"}}).to_string(), 500, "invalid CIDR"),
         ("NetworkDriver.CreateEndpoint", json!({"NetworkID": NET, "EndpointID": EP, "Interface": {"MacAddress": "zz"}}).to_string(), 500, "invalid MAC"),
         ("NetworkDriver.Join", json!({"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/x"}).to_string(), 500, "not found"),
-        ("NetworkDriver.AllocateNetwork", json!({"NetworkID": "x"}).to_string(), 400, "Swarm"),
+        ("NetworkDriver.AllocateNetwork", json!({"NetworkID": "ab12"}).to_string(), 500, "scope local"),
         ("NetworkDriver.Frobnicate", "{}".into(), 404, "unknown method"),
         ("Oncache.PeerAdd", json!({"Address": "nope"}).to_string(), 400, "invalid peer address"),
         ("Oncache.PeerAdd", json!({"Address": h.underlay_ip.to_string()}).to_string(), 500, "own underlay address"),

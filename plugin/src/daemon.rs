@@ -14,44 +14,58 @@ use std::sync::Arc;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 
+/// Every flag can also come from the environment (`ONCACHE_*`, shown in `--help`): that is how
+/// `docker plugin set` configures the managed plugin.
 #[derive(clap::Args, Debug)]
 pub struct Config {
     /// Unix socket to serve; dockerd discovers plugins by the socket files in
     /// /run/docker/plugins, and the file name (oncache) is the driver name.
-    #[arg(long, default_value = crate::DEFAULT_SOCKET)]
+    #[arg(long, env = "ONCACHE_SOCKET", default_value = crate::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Where the persistent state (networks, endpoints, peers) lives.
-    #[arg(long, default_value = "/var/lib/oncache")]
+    #[arg(long, env = "ONCACHE_STATE_DIR", default_value = "/var/lib/oncache")]
     pub state_dir: PathBuf,
     /// Interface VXLAN traffic leaves by [default: the interface of the default route].
-    #[arg(long, value_name = "IFACE")]
+    #[arg(long, env = "ONCACHE_UNDERLAY", value_name = "IFACE")]
     pub underlay: Option<String>,
-    /// A peer host's underlay address (repeatable); added to the stored peer set.
-    #[arg(long = "peer", value_name = "ADDR")]
+    /// A peer host's underlay address (repeatable; in the environment, comma-separated); added
+    /// to the stored peer set.
+    #[arg(long = "peer", env = "ONCACHE_PEERS", value_delimiter = ',', value_name = "ADDR")]
     pub peers: Vec<IpAddr>,
     /// bpffs folder for the fast path's pinned programs, maps and links.
-    #[arg(long, default_value = crate::DEFAULT_BPF_DIR)]
+    #[arg(long, env = "ONCACHE_BPF_DIR", default_value = crate::DEFAULT_BPF_DIR)]
     pub bpf_dir: PathBuf,
     /// UDP port on the underlay where the hosts gossip which containers each has (the same on
     /// every host; 0: this host runs alone and tells no one).
-    #[arg(long, alias = "announce-port", default_value_t = cluster::DEFAULT_PORT)]
+    #[arg(long, alias = "announce-port", env = "ONCACHE_GOSSIP_PORT", default_value_t = cluster::DEFAULT_PORT)]
     pub gossip_port: u16,
     /// How to attach the fast path's programs [default: tcx where the kernel has it (6.6+),
     /// otherwise clsact].
-    #[arg(long, value_enum)]
+    #[arg(long, env = "ONCACHE_TC_ATTACH", value_enum)]
     pub tc_attach: Option<AttachMode>,
+    /// The scope the driver declares to dockerd: `local` (each dockerd keeps its own network
+    /// records; hosts share a network by the same VNI and subnet) or `global` (Docker Swarm:
+    /// the leader allocates networks, nodes get them from Swarm; needs the managed plugin).
+    #[arg(long, env = "ONCACHE_SCOPE", value_enum, default_value_t = Scope::Local)]
+    pub scope: Scope,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scope {
+    Local,
+    Global,
 }
 
 /// Starts the fast path, or says why it cannot run. A kernel without what it needs leaves the
 /// slow path serving; a program the verifier rejects is a bug and stops the daemon.
-fn start_fast_path(cfg: &Config, u: &crate::dataplane::Underlay) -> Result<std::result::Result<FastPath, String>> {
+fn start_fast_path(bpf_dir: &Path, attach: Option<AttachMode>, u: &crate::dataplane::Underlay) -> Result<std::result::Result<FastPath, String>> {
     // Fix what can be fixed before judging what is missing.
-    if let Err(e) = features::ensure_bpffs(&cfg.bpf_dir) {
+    if let Err(e) = features::ensure_bpffs(bpf_dir) {
         let why = format!("missing bpffs ({e:#})");
         log::warn!("fast path off, serving the slow path only: {why}");
         return Ok(Err(why));
     }
-    let missing = features::missing(&cfg.bpf_dir);
+    let missing = features::missing(bpf_dir);
     if !missing.is_empty() {
         let why: Vec<String> = missing.iter().map(|c| format!("{} ({}; {})", c.name, c.detail, c.fix)).collect();
         let why = format!("missing {}", why.join(", "));
@@ -64,9 +78,9 @@ fn start_fast_path(cfg: &Config, u: &crate::dataplane::Underlay) -> Result<std::
         underlay_ip: u.ip.octets(),
         admit_mark: oncache_common::ADMIT_MARK,
     };
-    let mode = cfg.tc_attach.unwrap_or_else(AttachMode::detect);
-    let fp = FastPath::start(&cfg.bpf_dir, conf, &u.name, mode)?;
-    log::info!("fast path on ({mode:?}): programs and maps pinned in {}", cfg.bpf_dir.display());
+    let mode = attach.unwrap_or_else(AttachMode::detect);
+    let fp = FastPath::start(bpf_dir, conf, &u.name, mode)?;
+    log::info!("fast path on ({mode:?}): programs and maps pinned in {}", bpf_dir.display());
     Ok(Ok(fp))
 }
 
@@ -78,39 +92,71 @@ pub async fn run(cfg: Config) -> Result<()> {
     })?;
     let dp = Dataplane::new(cfg.underlay.as_deref()).await?;
     log::info!("underlay {} ({}, MTU {})", dp.underlay.name, dp.underlay.ip, dp.underlay.mtu);
-    let fast = start_fast_path(&cfg, &dp.underlay)?;
-    let peers: Vec<std::net::IpAddr> = store.peers()?.into_iter().chain(cfg.peers.iter().copied()).collect();
+    let peers: Vec<IpAddr> = store.peers()?.into_iter().chain(cfg.peers.iter().copied()).collect();
     let cluster = match cfg.gossip_port {
         0 => None,
         port => Some(Arc::new(Cluster::start(dp.underlay.ip.into(), port, &peers).await?)),
     };
-    let underlay_index = dp.underlay.index;
-    let mut driver = Driver::new(store, dp, fast, cluster.clone());
-    for p in &cfg.peers {
-        driver.add_peer(*p).await.with_context(|| format!("--peer {p}"))?;
-    }
-    driver.reconcile().await.context("reconciling the kernel with the stored state")?;
+    let underlay = dp.underlay.clone();
+    let underlay_index = underlay.index;
+    let driver = Driver::new(store, dp, Err("the daemon is starting".into()), cluster.clone(), cfg.scope == Scope::Global);
+    let plugin = server::Plugin::new(driver);
 
+    // dockerd gives a plugin a few seconds to answer its handshake (a managed plugin that is
+    // slow to listen is disabled): serve at once, and let driver calls wait for the start-up
+    // work (eBPF load, reconciling) that holds the driver until it is done.
+    let (held, holding) = tokio::sync::oneshot::channel();
+    let start = {
+        let plugin = plugin.clone();
+        tokio::spawn(async move {
+            let mut d = plugin.driver.lock().await;
+            let _ = held.send(());
+            d.set_fast(start_fast_path(&cfg.bpf_dir, cfg.tc_attach, &underlay)?);
+            for p in &cfg.peers {
+                d.add_peer(*p).await.with_context(|| format!("--peer {p}"))?;
+            }
+            d.reconcile().await.context("reconciling the kernel with the stored state")?;
+            anyhow::Ok(())
+        })
+    };
+    let _ = holding.await;
     let listener = bind(&cfg.socket).await?;
-    log::info!("serving the oncache network driver on {}", cfg.socket.display());
+    log::info!("serving the oncache network driver on {} (scope {:?})", cfg.socket.display(), cfg.scope);
     notify_ready();
-    let driver = server::Plugin::new(driver);
     if let Some(c) = cluster {
-        tokio::spawn(follow_cluster(c, driver.clone()));
+        tokio::spawn(follow_cluster(c, plugin.clone()));
     }
-    tokio::spawn(follow_next_hops(underlay_index, driver.clone()));
+    tokio::spawn(follow_next_hops(underlay_index, plugin.clone()));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let stop = async move {
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let r = match start.await {
+            Ok(r) => r,
+            Err(e) => Err(anyhow::anyhow!("start-up task: {e}")),
+        };
+        match r {
+            Ok(()) => log::info!("started"),
+            Err(e) => {
+                let _ = failed_tx.send(e);
+            }
+        }
+    });
+    let mut failure = None;
+    let stop = async {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
+            Ok(e) = failed_rx => failure = Some(e),
         }
     };
-    server::serve(listener, driver.clone(), stop).await;
-    // Wait for a call in progress to finish; links stay up so containers keep their traffic.
-    let _idle = driver.driver.lock().await;
+    server::serve(listener, plugin.clone(), stop).await;
     let _ = std::fs::remove_file(&cfg.socket);
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    // Wait for a call in progress to finish; links stay up so containers keep their traffic.
+    let _idle = plugin.driver.lock().await;
     log::info!("stopped; the data plane stays in place");
     Ok(())
 }

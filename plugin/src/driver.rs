@@ -26,6 +26,8 @@ pub struct Driver {
     cluster: Option<Arc<Cluster>>,
     /// The remote endpoints programmed into the kernel (and the fast path), as last applied.
     remotes: BTreeMap<cluster::view::Key, Remote>,
+    /// Scope `global` (Docker Swarm) rather than `local`.
+    global: bool,
 }
 
 /// An endpoint's IPv4 address, if it has one (the fast path is IPv4).
@@ -67,12 +69,18 @@ fn pools(data: &[api::IpamData]) -> Result<Vec<String>> {
 }
 
 impl Driver {
-    pub fn new(store: Store, dp: Dataplane, fast: Result<FastPath, String>, cluster: Option<Arc<Cluster>>) -> Driver {
-        let (fast, fast_off) = match fast {
+    pub fn new(store: Store, dp: Dataplane, fast: Result<FastPath, String>, cluster: Option<Arc<Cluster>>, global: bool) -> Driver {
+        let mut d = Driver { store, dp, fast: None, fast_off: String::new(), cluster, remotes: BTreeMap::new(), global };
+        d.set_fast(fast);
+        d
+    }
+
+    /// The fast path, or why there is none (it is loaded after the socket is served).
+    pub fn set_fast(&mut self, fast: Result<FastPath, String>) {
+        (self.fast, self.fast_off) = match fast {
             Ok(f) => (Some(f), String::new()),
             Err(why) => (None, why),
         };
-        Driver { store, dp, fast, fast_off, cluster, remotes: BTreeMap::new() }
     }
 
     fn fast(&mut self) -> Result<&mut FastPath> {
@@ -185,10 +193,11 @@ impl Driver {
 
 
     pub fn capabilities(&self) -> api::CapabilitiesResponse {
-        // Local scope: each dockerd owns its network records. Multi-host comes from the same
-        // VNI and subnet on every host (and, under Swarm, from the managed plugin).
+        // Local scope: each dockerd owns its network records, and hosts share a network by the
+        // same VNI and subnet. Global: Swarm's leader allocates networks (AllocateNetwork) and
+        // hands them to the nodes.
         api::CapabilitiesResponse {
-            scope: api::SCOPE_LOCAL.into(),
+            scope: if self.global { api::SCOPE_GLOBAL } else { api::SCOPE_LOCAL }.into(),
             connectivity_scope: api::SCOPE_GLOBAL.into(),
         }
     }
@@ -280,6 +289,45 @@ impl Driver {
         self.store.delete_network(id)?;
         self.publish().await?;
         log::info!("network {id} deleted (VNI {})", n.vni);
+        Ok(())
+    }
+
+    /// Swarm's leader allocates a network (scope global): its VNI, returned with the user's
+    /// options, because those returned options are all that the nodes' CreateNetwork gets.
+    /// Idempotent and faithful to its own keys: a newly elected leader replays it for every
+    /// network with the options returned before, and learns their VNIs from them.
+    pub fn allocate_network(&mut self, req: &api::AllocateNetworkRequest) -> Result<api::AllocateNetworkResponse> {
+        let id = checked("network", &req.network_id)?;
+        if !self.global {
+            bail!("oncache runs with scope local here, and Swarm allocates only global-scope networks: run the managed plugin with ONCACHE_SCOPE=global (see README, Swarm)");
+        }
+        let opts = options::parse(&req.options).map_err(|e| anyhow!(e))?;
+        let allocated = self.store.allocations()?;
+        let vni = match (opts.vni, allocated.iter().find(|(n, _)| n == id)) {
+            (Some(v), _) => {
+                if let Some((other, _)) = allocated.iter().find(|(n, x)| *x == v && n != id) {
+                    bail!("VNI {v} is already allocated to Swarm network {other}");
+                }
+                v
+            }
+            (None, Some((_, v))) => *v,
+            (None, None) => {
+                let used: Vec<u32> = allocated.iter().map(|(_, v)| *v).chain(self.store.networks()?.iter().map(|n| n.vni)).collect();
+                options::allocate_vni(&used).ok_or_else(|| anyhow!("no free VNI left"))?
+            }
+        };
+        self.store.put_allocation(id, vni)?;
+        let mut options = req.options.clone();
+        options.insert(options::VNI.into(), vni.to_string());
+        log::info!("Swarm network {id} allocated: VNI {vni}");
+        Ok(api::AllocateNetworkResponse { options })
+    }
+
+    /// Swarm's leader frees a network. Always succeeds (Swarm only logs a failure).
+    pub fn free_network(&mut self, id: &str) -> Result<()> {
+        if naming::check_id("network", id).is_ok() {
+            self.store.delete_allocation(id)?;
+        }
         Ok(())
     }
 

@@ -90,9 +90,11 @@ async fn dispatch(plugin: &Shared, method: &str, body: &[u8]) -> Answer {
             d.delete_network(&req::<api::DeleteNetworkRequest>(body)?.network_id).await.map_err(failed)?;
             empty()
         }
-        "NetworkDriver.AllocateNetwork" | "NetworkDriver.FreeNetwork" => Err(Fault::bad(format!(
-            "{method}: oncache is registered with local scope and does not take Swarm network allocation"
-        ))),
+        "NetworkDriver.AllocateNetwork" => json(d.allocate_network(&req(body)?).map_err(failed)?),
+        "NetworkDriver.FreeNetwork" => {
+            d.free_network(&req::<api::FreeNetworkRequest>(body)?.network_id).map_err(failed)?;
+            empty()
+        }
         "NetworkDriver.CreateEndpoint" => json(d.create_endpoint(&req(body)?).await.map_err(failed)?),
         "NetworkDriver.EndpointOperInfo" => json(d.endpoint_oper_info(&req(body)?).await.map_err(failed)?),
         "NetworkDriver.DeleteEndpoint" => {

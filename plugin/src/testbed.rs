@@ -52,6 +52,15 @@ impl Testbed {
     /// The same, with `seed` writing to the store first (state left by an earlier run or an
     /// older oncache); the driver then reconciles, as the daemon does at start.
     pub fn with_state(seed: impl FnOnce(&Store) -> Result<()>) -> Result<Testbed> {
+        Testbed::build(false, seed)
+    }
+
+    /// A driver with scope global, as the managed plugin runs under Swarm.
+    pub fn swarm() -> Result<Testbed> {
+        Testbed::build(true, |_| Ok(()))
+    }
+
+    fn build(global: bool, seed: impl FnOnce(&Store) -> Result<()>) -> Result<Testbed> {
         // SAFETY: unshare only changes this thread's network namespace.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
             return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNET) (run as root)");
@@ -71,7 +80,7 @@ impl Testbed {
         seed(&store)?;
         let plugin = rt.block_on(async {
             let dp = Dataplane::new(Some(UNDERLAY)).await?;
-            let mut driver = Driver::new(store, dp, Err("off in the testbed".into()), None);
+            let mut driver = Driver::new(store, dp, Err("off in the testbed".into()), None, global);
             driver.reconcile().await?;
             anyhow::Ok(server::Plugin::new(driver))
         })?;

@@ -34,6 +34,8 @@ pub struct Store {
     networks: sled::Tree,
     endpoints: sled::Tree,
     peers: sled::Tree,
+    /// Swarm networks this host allocated as the leader: network ID → VNI.
+    allocations: sled::Tree,
 }
 
 impl Store {
@@ -56,6 +58,7 @@ impl Store {
             networks: db.open_tree("networks")?,
             endpoints: db.open_tree("endpoints")?,
             peers: db.open_tree("peers")?,
+            allocations: db.open_tree("allocations")?,
             db,
         })
     }
@@ -134,6 +137,22 @@ impl Store {
         let old = self.endpoints.remove(id.as_bytes())?;
         self.flush()?;
         old.map(|v| decode(id, &v)).transpose()
+    }
+
+    // Swarm allocations (this host as the leader): network ID → VNI.
+
+    pub fn allocations(&self) -> Result<Vec<(String, u32)>> {
+        all::<(String, u32)>(&self.allocations)
+    }
+
+    pub fn put_allocation(&self, network_id: &str, vni: u32) -> Result<()> {
+        put(&self.allocations, network_id, &(network_id, vni))?;
+        self.flush()
+    }
+
+    pub fn delete_allocation(&self, network_id: &str) -> Result<()> {
+        self.allocations.remove(network_id.as_bytes())?;
+        self.flush()
     }
 
     // Peer hosts (VTEP addresses), a set.

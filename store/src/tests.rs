@@ -133,3 +133,17 @@ fn endpoints_by_prefix_are_a_range_not_a_dump() {
     assert_eq!(ids("f"), ["ff"]);
     assert!(ids("x").is_empty());
 }
+
+#[test]
+fn allocations_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        s.put_allocation("n1", 4096).unwrap();
+        s.put_allocation("n2", 4097).unwrap();
+        s.put_allocation("n1", 4096).unwrap();
+        s.delete_allocation("n2").unwrap();
+    }
+    let s = reopen(dir.path());
+    assert_eq!(s.allocations().unwrap(), [("n1".to_string(), 4096)]);
+}

@@ -19,8 +19,34 @@ async fn exchange(socket: &Path, req: Request<Full<Bytes>>) -> Result<(StatusCod
     Ok((status, resp.into_body().collect().await?.to_bytes()))
 }
 
+/// The daemon's socket: `socket` itself, except that when that is the default and nothing is
+/// there, the managed plugin's (Docker serves it at /run/docker/plugins/<plugin id>/).
+pub fn daemon_socket(socket: &Path) -> PathBuf {
+    resolve(socket, Path::new(crate::DEFAULT_SOCKET))
+}
+
+fn resolve(socket: &Path, default: &Path) -> PathBuf {
+    if socket != default || socket.exists() {
+        return socket.to_path_buf();
+    }
+    let dir = socket.parent().unwrap_or(Path::new("/"));
+    let name = socket.file_name().unwrap_or_default();
+    let found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join(name))
+        .filter(|p| p.exists())
+        .collect();
+    match &found[..] {
+        [one] => one.clone(),
+        _ => socket.to_path_buf(),
+    }
+}
+
 /// Calls the oncache daemon: `POST /<method>` with `body` as JSON.
 pub async fn call<Req: Serialize, Resp: DeserializeOwned>(socket: &Path, method: &str, body: &Req) -> Result<Resp> {
+    let socket = &daemon_socket(socket);
     let req = Request::post(format!("/{method}"))
         .header("Host", "oncache")
         .body(Full::new(Bytes::from(match serde_json::to_value(body)? {
@@ -63,4 +89,24 @@ pub async fn docker_get<Resp: DeserializeOwned>(socket: &Path, path: &str) -> Re
         bail!("dockerd: GET {path}: HTTP {status}: {}", String::from_utf8_lossy(&bytes).trim());
     }
     serde_json::from_slice(&bytes).with_context(|| format!("dockerd: GET {path}: unreadable answer"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_managed_plugins_socket_is_found_when_the_default_is_absent() {
+        let d = tempfile::tempdir().unwrap();
+        let default = d.path().join("oncache.sock");
+        assert_eq!(resolve(&default, &default), default, "nothing anywhere: the default");
+        std::fs::create_dir(d.path().join("0123abcd")).unwrap();
+        let managed = d.path().join("0123abcd/oncache.sock");
+        std::fs::write(&managed, "").unwrap();
+        assert_eq!(resolve(&default, &default), managed);
+        let other = d.path().join("elsewhere.sock");
+        assert_eq!(resolve(&other, &default), other, "an explicit --socket is kept");
+        std::fs::write(&default, "").unwrap();
+        assert_eq!(resolve(&default, &default), default, "the service's socket first");
+    }
 }

@@ -88,28 +88,36 @@ pub fn ensure() {
     }
 }
 
-fn zone_rule(vni: u32, zone: u16) -> [String; 6] {
-    ["-i".into(), crate::naming::bridge(vni), "-j".into(), "CT".into(), "--zone".into(), zone.to_string()]
+fn zone_rule(vni: u32, zone: u16) -> Vec<String> {
+    ["-i", &crate::naming::bridge(vni), "-j", "CT", "--zone", &zone.to_string()].map(String::from).to_vec()
+}
+
+/// Runs `tool -t raw OP ONCACHE-ZONES RULE...`.
+fn zones_op(tool: &str, op: &str, rule: &[String]) -> Result<bool> {
+    let args: Vec<&str> = ["-t", "raw", op, ZONES_CHAIN].into_iter().chain(rule.iter().map(String::as_str)).collect();
+    run(tool, &args)
+}
+
+/// ONCACHE-ZONES exists and raw/PREROUTING jumps to it first.
+fn ensure_zones_chain(tool: &str) -> Result<()> {
+    run(tool, &["-t", "raw", "-N", ZONES_CHAIN])?;
+    let jump = ["-t", "raw", "-C", "PREROUTING", "-j", ZONES_CHAIN];
+    if !run(tool, &jump)? && !run(tool, &["-t", "raw", "-I", "PREROUTING", "-j", ZONES_CHAIN])? {
+        bail!("{tool}: cannot add the jump to {ZONES_CHAIN} in raw/PREROUTING");
+    }
+    Ok(())
 }
 
 /// Makes ONCACHE-ZONES hold exactly one zone rule per network in `zones` (VNI, zone), for IPv4
-/// and IPv6. Fails when a rule cannot be added: a network without its zone would share
-/// connections with the host's other traffic.
+/// and IPv6 (at start).
 pub fn set_zones(zones: &[(u32, u16)]) -> Result<()> {
     for tool in TOOLS {
-        let t = ["-t", "raw"];
-        run(tool, &[&t[..], &["-N", ZONES_CHAIN]].concat())?;
-        run(tool, &[&t[..], &["-F", ZONES_CHAIN]].concat())?;
+        ensure_zones_chain(tool)?;
+        zones_op(tool, "-F", &[])?;
         for (vni, zone) in zones {
-            let rule = zone_rule(*vni, *zone);
-            let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
-            if !run(tool, &[&t[..], &["-A", ZONES_CHAIN], &rule].concat())? {
+            if !zones_op(tool, "-A", &zone_rule(*vni, *zone))? {
                 bail!("{tool}: cannot add the conntrack zone rule of VNI {vni}");
             }
-        }
-        let jump = ["-j", ZONES_CHAIN];
-        if !run(tool, &[&t[..], &["-C", "PREROUTING"], &jump].concat())? && !run(tool, &[&t[..], &["-I", "PREROUTING"], &jump].concat())? {
-            bail!("{tool}: cannot add the jump to {ZONES_CHAIN} in raw/PREROUTING");
         }
     }
     Ok(())
@@ -117,17 +125,11 @@ pub fn set_zones(zones: &[(u32, u16)]) -> Result<()> {
 
 /// Adds one network's zone rule (idempotent).
 pub fn add_zone(vni: u32, zone: u16) -> Result<()> {
+    let rule = zone_rule(vni, zone);
     for tool in TOOLS {
-        let rule = zone_rule(vni, zone);
-        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
-        let t = ["-t", "raw"];
-        run(tool, &[&t[..], &["-N", ZONES_CHAIN]].concat())?;
-        if !run(tool, &[&t[..], &["-C", ZONES_CHAIN], &rule].concat())? && !run(tool, &[&t[..], &["-A", ZONES_CHAIN], &rule].concat())? {
+        ensure_zones_chain(tool)?;
+        if !zones_op(tool, "-C", &rule)? && !zones_op(tool, "-A", &rule)? {
             bail!("{tool}: cannot add the conntrack zone rule of VNI {vni}");
-        }
-        let jump = ["-j", ZONES_CHAIN];
-        if !run(tool, &[&t[..], &["-C", "PREROUTING"], &jump].concat())? && !run(tool, &[&t[..], &["-I", "PREROUTING"], &jump].concat())? {
-            bail!("{tool}: cannot add the jump to {ZONES_CHAIN} in raw/PREROUTING");
         }
     }
     Ok(())
@@ -136,9 +138,7 @@ pub fn add_zone(vni: u32, zone: u16) -> Result<()> {
 /// Removes one network's zone rule; absent is fine.
 pub fn remove_zone(vni: u32, zone: u16) {
     for tool in TOOLS {
-        let rule = zone_rule(vni, zone);
-        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
-        let _ = run(tool, &[&["-t", "raw", "-D", ZONES_CHAIN], &rule[..]].concat());
+        let _ = zones_op(tool, "-D", &zone_rule(vni, zone));
     }
 }
 

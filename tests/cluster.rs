@@ -164,7 +164,8 @@ fn a_host_that_leaves_is_forgotten_everywhere() {
     for h in &lab.hosts()[..2] {
         let took = wait_remotes(h, 1, Duration::from_secs(60));
         eprintln!("{}: host 2's container forgotten {:?} after its daemon stopped", h.name, start.elapsed().max(took));
-        assert!(!h.sh("bridge fdb show dev ocvx110").contains(&gone), "{}: forwarding entries to {gone} remain", h.name);
+        let fdb = h.sh("bridge fdb show dev ocvx110");
+        assert!(!fdb.contains(&gone), "{}: forwarding entries to {gone} remain:\n{fdb}", h.name);
         assert!(!h.sh("ip neigh show dev ocvx110").contains("10.208.0.42"), "{}: neighbour entry remains", h.name);
         assert_eq!(egress_vtep(h, "10.208.0.42"), None, "{}: fast-path entry remains", h.name);
     }

@@ -109,6 +109,7 @@ impl Driver {
                 eps.push(Published { vni: n.vni, ip, mac, since: ep.joined_at });
             }
         }
+        log::debug!("publishing {} local endpoint addresses", eps.len());
         c.publish(&eps).await;
         Ok(())
     }
@@ -131,6 +132,10 @@ impl Driver {
             }
         }
         let mut want = cluster::view::remotes(&local, &vnis, v.hosts.iter().map(|(ip, eps)| (*ip, &eps[..])));
+        if want.len() < self.remotes.len() {
+            let hosts: Vec<String> = v.hosts.iter().map(|(ip, eps)| format!("{ip}: {}", eps.len())).collect();
+            log::debug!("cluster view: hosts {hosts:?}, pending {:?}", v.pending);
+        }
         for (k, r) in &self.remotes {
             if v.pending.contains(&r.vtep) && !local.contains(k) && vnis.contains(&k.0) {
                 want.entry(*k).or_insert(*r);

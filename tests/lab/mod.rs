@@ -1031,7 +1031,7 @@ exec {dockerd}
         }
         c.arg(&spec.program)
             .args(&spec.args)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", std::env::var("ONCACHE_LAB_RUST_LOG").unwrap_or_else(|_| "debug".into()))
             .env("RUST_BACKTRACE", "1")
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -1077,6 +1077,23 @@ exec {dockerd}
                     None
                 }
             }
+        });
+        // oncache answers the handshake before its start-up work (eBPF load, reconciling) is
+        // done; a driver call waits for it. Any answer counts (a stand-in answers 404).
+        let ok = ok.filter(|ok| *ok).and_then(|_| {
+            try_wait_for(ONCACHE_START_TIMEOUT, || {
+                if let Some(st) = self.oncache.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                    died = Some(st);
+                    return Some(false);
+                }
+                match request(&sock, "POST", "/Oncache.Status", &[], b"", ONCACHE_START_TIMEOUT) {
+                    Ok(_) => Some(true),
+                    Err(e) => {
+                        last_err = format!("after the handshake: {e}");
+                        None
+                    }
+                }
+            })
         });
         match (ok, died) {
             (Some(true), _) => {}

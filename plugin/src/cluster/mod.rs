@@ -31,6 +31,11 @@ pub const DOWN_GRACE: Duration = Duration::from_secs(5);
 /// simply not have gossiped with us yet); after it, silence counts as absence.
 pub const START_GRACE: Duration = Duration::from_secs(15);
 
+/// How many endpoint keys a daemon's last publication holds, set with them: a generation
+/// without it (a daemon that has just restarted) has not told its endpoints yet, and one whose
+/// keys we hold fewer or more of is still arriving; either way its state means nothing yet.
+const READY_KEY: &str = "ready";
+
 /// The peer addresses whose datagrams and state count; shared with the transport.
 type Allowed = Arc<RwLock<HashSet<IpAddr>>>;
 
@@ -121,51 +126,73 @@ impl Cluster {
                         me.set(k, v);
                     }
                 }
+                let count = want.len().to_string();
+                if me.get(READY_KEY) != Some(count.as_str()) {
+                    me.set(READY_KEY, count);
+                }
             })
             .await;
     }
 
-    /// The endpoints each counted peer publishes: a peer's newest live generation; a peer
-    /// without one for less than [`DOWN_GRACE`], its last known state.
+    /// The endpoints each counted peer publishes: its newest live generation that has
+    /// published (a live one that has not yet makes the peer pending: what is programmed for it
+    /// stays); a peer with no live generation for less than [`DOWN_GRACE`], its last state.
     pub async fn view(&self) -> View {
         let allowed = self.allowed.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let (newest, live) = self
+        // Per peer: (live and ready, generation) → its endpoints; and whether any is live.
+        type Best = BTreeMap<IpAddr, ((bool, u64), Vec<Published>)>;
+        let (best, live): (Best, HashSet<IpAddr>) = self
             .handle
             .with_chitchat(|c| {
-                let live: HashSet<ChitchatId> = c.live_nodes().cloned().collect();
-                let mut newest: BTreeMap<IpAddr, (bool, u64, Vec<Published>)> = BTreeMap::new();
+                let live_ids: HashSet<ChitchatId> = c.live_nodes().cloned().collect();
+                let mut best: Best = BTreeMap::new();
+                let mut live = HashSet::new();
                 for (id, state) in c.node_states() {
                     let ip = id.gossip_advertise_addr.ip();
                     if ip == self.self_ip || !allowed.contains(&ip) {
                         continue;
                     }
-                    let rank = (live.contains(id), id.generation_id);
-                    if newest.get(&ip).is_some_and(|(l, g, _)| (*l, *g) >= rank) {
+                    let is_live = live_ids.contains(id);
+                    if is_live {
+                        live.insert(ip);
+                    }
+                    let eps: Vec<Published> = state.key_values().filter_map(|(k, v)| Published::parse(k, v)).collect();
+                    let keys = state.key_values().filter(|(k, _)| k.starts_with(view::KEY_PREFIX)).count();
+                    let complete = state.get(READY_KEY).and_then(|n| n.parse::<usize>().ok()) == Some(keys);
+                    log::trace!("gossip state of {ip} generation {} (live {is_live}): {:?}", id.generation_id, state.key_values().collect::<Vec<_>>());
+                    if is_live && !complete {
+                        continue; // restarted and not told its endpoints yet, or still arriving
+                    }
+                    let rank = (is_live, id.generation_id);
+                    if best.get(&ip).is_some_and(|(r, _)| *r >= rank) {
                         continue;
                     }
-                    let eps = state.key_values().filter_map(|(k, v)| Published::parse(k, v)).collect();
-                    newest.insert(ip, (rank.0, rank.1, eps));
+                    best.insert(ip, (rank, eps));
                 }
-                let live_ips: HashSet<IpAddr> = live.iter().map(|id| id.gossip_advertise_addr.ip()).collect();
-                (newest, live_ips)
+                (best, live)
             })
             .await;
         let now = Instant::now();
         let mut down = self.down_since.lock().unwrap_or_else(|e| e.into_inner());
         down.retain(|ip, _| !live.contains(ip));
         let mut hosts = Vec::new();
-        for (ip, (is_live, _, eps)) in newest {
-            let gone_for = if is_live { Duration::ZERO } else { now - *down.entry(ip).or_insert(now) };
+        let mut pending = HashSet::new();
+        for (ip, ((ready_live, _), eps)) in best {
+            if !ready_live && live.contains(&ip) {
+                pending.insert(ip); // a new generation is on its way: keep what it had
+                continue;
+            }
+            let gone_for = if ready_live { Duration::ZERO } else { now - *down.entry(ip).or_insert(now) };
             if gone_for < DOWN_GRACE {
                 hosts.push((ip, eps));
             }
         }
-        let heard: HashSet<IpAddr> = hosts.iter().map(|(ip, _)| *ip).chain(down.keys().copied()).collect();
-        let pending = if self.started.elapsed() < START_GRACE {
-            allowed.iter().filter(|p| !heard.contains(p)).copied().collect()
-        } else {
-            HashSet::new()
-        };
+        // Live but with no ready generation at all (we have never seen it ready).
+        pending.extend(live.iter().filter(|ip| !hosts.iter().any(|(h, _)| h == *ip)).copied());
+        let heard: HashSet<IpAddr> = hosts.iter().map(|(ip, _)| *ip).chain(down.keys().copied()).chain(pending.iter().copied()).collect();
+        if self.started.elapsed() < START_GRACE {
+            pending.extend(allowed.iter().filter(|p| !heard.contains(p)).copied());
+        }
         let resync_kernel = {
             let mut last = self.last_resync.lock().unwrap_or_else(|e| e.into_inner());
             let due = last.elapsed() >= KERNEL_RESYNC;

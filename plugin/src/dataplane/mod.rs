@@ -140,7 +140,8 @@ impl Dataplane {
             let Some(vx) = self.nl.link(&naming::vxlan(*vni)).await? else { continue };
             let fdb: Vec<_> = self.nl.fdb(vx.index).await?;
             for (ip, mac) in self.nl.neighbours(vx.index).await? {
-                if let Some(vtep) = fdb.iter().find(|e| e.mac == mac).and_then(|e| e.dst) {
+                // The VXLAN device's own entry (with a destination), not the bridge's.
+                if let Some(vtep) = fdb.iter().find_map(|e| if e.mac == mac { e.dst } else { None }) {
                     out.insert((*vni, ip), Remote { mac, vtep });
                 }
             }

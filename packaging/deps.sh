@@ -47,3 +47,23 @@ if ! have bpf-linker && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/bpf-linker" ]; t
     echo "oncache: installing bpf-linker 0.10.3"
     cargo install bpf-linker@0.10.3 --locked
 fi
+if [ "${1:-}" = "--test" ]; then
+    # tests/fuzz.sh: cargo-fuzz needs the nightly toolchain, and plugin/build.rs then builds the
+    # eBPF object with nightly too (-Z build-std=core: nightly's rust-src).
+    if have rustup; then
+        if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+            echo "oncache: installing the nightly toolchain (for cargo-fuzz)"
+            rustup toolchain install nightly --profile minimal
+        fi
+        if ! rustup component list --installed --toolchain nightly 2>/dev/null | grep -qx 'rust-src'; then
+            echo "oncache: adding the rust-src component to nightly"
+            rustup component add rust-src --toolchain nightly
+        fi
+    else
+        echo "oncache: no rustup: install a nightly toolchain with rust-src for tests/fuzz.sh" >&2
+    fi
+    if ! have cargo-fuzz && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo-fuzz" ]; then
+        echo "oncache: installing cargo-fuzz"
+        cargo install cargo-fuzz --locked
+    fi
+fi

@@ -2,9 +2,10 @@
 # Fuzzes oncache: builds the cargo-fuzz targets in fuzz/ (http: raw bytes into the HTTP server;
 # driver: sequences of driver calls) and runs each for SECONDS (default 600, the issue's ten
 # minutes) on the real kernel, in a network namespace of its own (oncache::testbed). Exits
-# non-zero if either finds a crash (a panic, a malformed answer, a leaked link) or a hang;
-# the input is then in fuzz/artifacts/<target>/. Installs nothing: packaging/deps.sh --test
-# does (cargo-fuzz, the nightly toolchain with rust-src). Run as root. CI: tests/fuzz.sh 20.
+# non-zero if either finds a crash (a panic, a malformed answer, a link or firewall rule left
+# behind) or a hang; the input is then in fuzz/artifacts/<target>/. Installs nothing:
+# packaging/deps.sh --test does (cargo-fuzz, the nightly toolchain with rust-src). Run as
+# root. CI: tests/fuzz.sh 20.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-600}
@@ -35,8 +36,8 @@ trap 'rm -rf "$tmp"' EXIT
 failed=()
 for target in http driver; do
     mkdir -p "fuzz/corpus/$target"
-    log="$tmp/$target.log"
-    echo "fuzz.sh: fuzzing $target for $secs s"
+    log="fuzz/target/fuzz-$target.log"
+    echo "fuzz.sh: fuzzing $target for $secs s (log: $log)"
     # New inputs go to the first folder (fuzz/corpus, ignored by git); the seeds are read only.
     if TMPDIR="$tmp" "${fuzz[@]}" run "${opts[@]}" "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
         -max_total_time="$secs" -timeout=60 -max_len=16384 -dict="fuzz/seeds/$target.dict" \

@@ -10,6 +10,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log"
+# Fuzzing in its short mode (the full run is tests/fuzz.sh, 10 minutes per target): it must
+# keep building and find nothing.
+tests/fuzz.sh 20
 # The benchmark must keep running on both labs and keep taking the fast path (no speed is
 # asserted; the full run is `cargo bench -p oncache --bench lab`).
 cargo bench -p oncache --bench lab --locked -- --lab netns --short

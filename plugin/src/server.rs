@@ -182,7 +182,10 @@ async fn handle(driver: Shared, r: Request<Incoming>) -> Result<Response<Full<By
         Err(_) => return Ok(error(&Fault::bad(format!("{method}: request body not received within {READ_TIMEOUT:?}")))),
     };
     log::debug!("{method} {}", String::from_utf8_lossy(&body));
-    Ok(answer(&driver, &method, &body).await)
+    // On a task of its own: a client that hangs up (dockerd gives up after its time-out) must
+    // not cancel a call halfway between its store and kernel changes.
+    let call = tokio::spawn(async move { answer(&driver, &method, &body).await });
+    Ok(call.await.unwrap_or_else(|e| error(&Fault::failed(anyhow::anyhow!("the call did not complete: {e}")))))
 }
 
 /// Dispatches one call and encodes its answer, whatever happens inside.

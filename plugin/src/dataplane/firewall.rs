@@ -52,16 +52,23 @@ fn ensure_chain(tool: &str, table: &str, from: &str, chain: &str, rule: &[&str])
 /// conntrack last saw and would be INVALID, so the flow could never be admitted again (after a
 /// cache flush, an eviction, a restart). Liberal window tracking (as kube-proxy sets for the
 /// same reason) keeps such packets ESTABLISHED; SYN, RST and FIN handling stay strict.
-const TCP_BE_LIBERAL: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal";
+/// Inside a managed plugin /proc/sys is read-only, and Docker mounts the host's netfilter
+/// sysctls elsewhere (packaging/plugin/config.json names the folder).
+fn tcp_be_liberal() -> std::path::PathBuf {
+    let dir = std::env::var_os("ONCACHE_NETFILTER_SYSCTL_DIR").unwrap_or_else(|| "/proc/sys/net/netfilter".into());
+    std::path::Path::new(&dir).join("nf_conntrack_tcp_be_liberal")
+}
 
 fn ensure_liberal_tcp() {
-    match std::fs::read_to_string(TCP_BE_LIBERAL) {
+    let path = tcp_be_liberal();
+    let shown = path.display();
+    match std::fs::read_to_string(&path) {
         Ok(v) if v.trim() == "1" => {}
-        Ok(_) => match std::fs::write(TCP_BE_LIBERAL, "1") {
+        Ok(_) => match std::fs::write(&path, "1") {
             Ok(()) => log::info!("set net.netfilter.nf_conntrack_tcp_be_liberal=1 (flows return from the fast path within conntrack's window)"),
-            Err(e) => log::warn!("cannot set {TCP_BE_LIBERAL}: {e}; a TCP flow that leaves the fast path stays on the slow path"),
+            Err(e) => log::warn!("cannot set {shown}: {e}; a TCP flow that leaves the fast path stays on the slow path"),
         },
-        Err(e) => log::warn!("cannot read {TCP_BE_LIBERAL}: {e}"),
+        Err(e) => log::warn!("cannot read {shown}: {e}"),
     }
 }
 

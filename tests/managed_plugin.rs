@@ -1,0 +1,251 @@
+//! oncache as a managed Docker plugin (`docker plugin create`, what Swarm requires), installed
+//! the way an operator does it: `packaging/install.sh plugin SETTINGS...` against a lab host's
+//! dockerd (DOCKER_HOST), with this build's binary (ONCACHE_BIN) and no registry.
+//!
+//! A lab host is not the machine: the plugin's bind mounts name paths in dockerd's mount
+//! namespace, so the test points them at per-host places with `docker plugin set` settings
+//! (`state.source`, `ONCACHE_BPF_DIR`), and gives the host's dockerd the machine's bpffs on
+//! /sys/fs/bpf (the lab's dockerd sees a fresh sysfs there, a real host sees the bpffs systemd
+//! mounted) so that pins made through the plugin land in the machine's bpffs, under the host's
+//! own folder `/sys/fs/bpf/oncache-<host>`, which the lab removes.
+
+mod lab;
+mod support;
+
+use lab::{Host, Lab, IMAGE};
+use serde_json::Value;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use support::{fetch_checksum, serve_random_file, wait_ping, BIN};
+
+const PLUGIN: &str = "oncache:latest";
+/// install.sh builds the rootfs and copies it into dockerd (the debug binary is large).
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn checkout() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// Mounts the machine's bpffs on /sys/fs/bpf in the mount namespace of the host's dockerd (and
+/// so of its containerd and runc, which resolve the plugin's bind mounts), as a real host has it.
+/// A bind mount cannot cross mount namespaces; a detached clone (`open_tree`) can be attached in
+/// another one (`move_mount`), from a thread that left the process's shared fs state
+/// (`unshare(CLONE_FS)`) so that it may `setns` alone. The mount goes with that namespace.
+fn share_bpffs_with_dockerd(h: &Host) {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+    lab::ensure_bpffs();
+    let pid = h.dockerd_pid().expect("dockerd runs");
+    // SAFETY: open_tree with a NUL-terminated path; returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c"/sys/fs/bpf".as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint)
+    };
+    assert!(fd >= 0, "open_tree /sys/fs/bpf: {}", std::io::Error::last_os_error());
+    // SAFETY: fd was just returned by the kernel and is owned here only.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let r = std::thread::spawn(move || -> Result<(), String> {
+        let err = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+        // SAFETY: affects only this thread, which ends right after.
+        if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+            return Err(err("unshare(CLONE_FS)"));
+        }
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).map_err(|e| format!("dockerd's mount namespace: {e}"))?;
+        // SAFETY: valid namespace fd; this thread has its own fs state.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+            return Err(err("setns"));
+        }
+        // SAFETY: valid fds and NUL-terminated paths.
+        let r = unsafe {
+            libc::syscall(libc::SYS_move_mount, tree.as_raw_fd(), c"".as_ptr(), libc::AT_FDCWD, c"/sys/fs/bpf".as_ptr(), MOVE_MOUNT_F_EMPTY_PATH)
+        };
+        if r != 0 {
+            return Err(err("move_mount onto /sys/fs/bpf"));
+        }
+        Ok(())
+    })
+    .join()
+    .expect("bpffs thread");
+    r.unwrap_or_else(|e| panic!("{}: giving dockerd the machine's bpffs: {e}", h.name));
+}
+
+/// `packaging/install.sh plugin SETTINGS...` in the host's network namespace against its
+/// dockerd, with this build's binary; its output, or panic with it.
+fn install(h: &Host, settings: &[&str]) -> String {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", h.netns_path()))
+        .arg("--")
+        .arg(checkout().join("packaging/install.sh"))
+        .arg("plugin")
+        .args(settings)
+        .env("DOCKER_HOST", format!("unix://{}", h.docker_sock().display()))
+        .env("DOCKER_CONFIG", h.dir.join("docker-cli"))
+        .env("ONCACHE_BIN", BIN)
+        .env("DOCKER_PLUGINS_DIR", &h.plugins_dir)
+        .env("TMPDIR", &h.dir);
+    let out = lab::process::run(&mut c, INSTALL_TIMEOUT).unwrap_or_else(|e| panic!("install.sh plugin: {e}"));
+    let text = lab::describe_output(&out);
+    assert!(out.status.success(), "install.sh plugin failed:\n{text}\n--- dockerd log (end) ---\n{}", lab::process::tail_file(&h.dockerd_log_path(), 40));
+    eprintln!("---- install.sh plugin {} ----\n{text}", settings.join(" "));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn plugin_id(h: &Host) -> String {
+    h.docker(&["plugin", "inspect", "-f", "{{.Id}}", PLUGIN]).trim().to_string()
+}
+
+/// The plugin's socket as the machine sees it: dockerd's /run/docker/plugins/<id>/ is the
+/// host's plugins folder.
+fn plugin_socket(h: &Host, id: &str) -> PathBuf {
+    h.plugins_dir.join(id).join("oncache.sock")
+}
+
+/// `oncache status --json` through the plugin's socket, from its folder (the full path is
+/// longer than a unix socket address may be).
+fn status(h: &Host, id: &str) -> Value {
+    let dir = plugin_socket(h, id).parent().unwrap().to_string_lossy().into_owned();
+    let out = h.sh(&format!("cd {dir} && {BIN} status --json --socket oncache.sock"));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON ({e}): {out}"))
+}
+
+/// The plugin's output (dockerd logs it as the plugin's stdout/stderr), for failure messages.
+fn plugin_log(h: &Host, id: &str) -> String {
+    h.dockerd_log().lines().filter(|l| l.contains(id)).collect::<Vec<_>>().join("\n")
+}
+
+/// Addresses of the network's joined endpoints in a status, sorted.
+fn joined_endpoints(st: &Value, network: &str) -> Vec<String> {
+    let net = st["networks"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["network"]["id"] == network))
+        .unwrap_or_else(|| panic!("network {network} not in the plugin's status: {st:#}"));
+    let mut v: Vec<String> = net["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .filter(|e| !e["sandbox"].is_null())
+        .map(|e| e["ipv4"].as_str().unwrap_or("-").to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn settings_env(h: &Host) -> Vec<String> {
+    let out = h.docker(&["plugin", "inspect", "-f", "{{json .Settings.Env}}", PLUGIN]);
+    serde_json::from_str(&out).expect("Settings.Env JSON")
+}
+
+fn pin_inode(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).ino()
+}
+
+/// Install through `install.sh plugin`, a network, two containers, DNS, ping and TCP, status
+/// through the plugin's socket; then the offline upgrade (`install.sh plugin` again: disable -f,
+/// rm -f, create, set, enable) while the containers run: no ping lost, the settings, the network
+/// and its endpoints (bind-mounted state) and the pins (bind-mounted bpffs) all kept, and the new
+/// plugin serves dockerd (a container joins); then everything removed.
+#[test]
+fn install_use_and_upgrade_the_managed_plugin() {
+    let mut lab = Lab::new(1);
+    lab.start_dockerds();
+    let suffix = lab.suffix().to_string();
+    let h = lab.host(0);
+    share_bpffs_with_dockerd(h);
+    let state = h.dir.join("plugin-state");
+    let bpf_dir = h.bpf_dir.to_string_lossy().into_owned();
+    let settings = [
+        "ONCACHE_SCOPE=local".to_string(),
+        format!("ONCACHE_UNDERLAY={}", lab::UNDERLAY_IF),
+        format!("ONCACHE_BPF_DIR={bpf_dir}"),
+        format!("state.source={}", state.display()),
+        "RUST_LOG=debug".to_string(),
+    ];
+    let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+
+    // The plugin must set liberal TCP tracking itself (through the host's sysctl folder that
+    // config.json mounts: /proc/sys is read-only inside a plugin).
+    let liberal = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal";
+    h.sh(&format!("modprobe nf_conntrack 2>/dev/null; echo 0 > {liberal}"));
+    let out = install(h, &settings);
+    let id1 = plugin_id(h);
+    lab::cleanup::record_cgroup(&suffix, &id1);
+    assert!(out.contains("fast path ON"), "install.sh plugin: {out}\n--- plugin log ---\n{}", plugin_log(h, &id1));
+    assert!(!lab::cleanup::procs_in_cgroups_named(&id1).is_empty(), "no process in the cgroups of plugin {id1}");
+    let env = settings_env(h);
+    for s in &settings[..3] {
+        assert!(env.iter().any(|e| e == s), "{s} not in the plugin's settings {env:?}");
+    }
+
+    assert_eq!(h.sh(&format!("cat {liberal}")).trim(), "1", "the plugin did not set {liberal}");
+    let net = h.docker(&["network", "create", "-d", PLUGIN, "--subnet", "10.201.0.0/24", "n1"]).trim().to_string();
+    assert_eq!(h.inspect("n1")["Driver"], PLUGIN);
+    h.run(&["--name", "srv", "--network", "n1", IMAGE, "sleep", "600"]);
+    h.run(&["--name", "cli", "--network", "n1", IMAGE, "sleep", "600"]);
+    wait_ping(h, "cli", "srv");
+    let sum = serve_random_file(h, "srv");
+    assert_eq!(fetch_checksum(h, "cli", "srv"), sum, "TCP transfer through the overlay");
+
+    let st = status(h, &id1);
+    assert!(st["fastpath"].as_str().is_some_and(|f| f.starts_with("on")), "fast path: {st:#}\n{}", plugin_log(h, &id1));
+    assert_eq!(st["underlay"], lab::UNDERLAY_IF);
+    let eps = joined_endpoints(&st, &net);
+    assert_eq!(eps.len(), 2, "{st:#}");
+    assert!(state.join("db").is_dir(), "no store in the state.source folder {}", state.display());
+    // Pinned under the host's own folder of the machine's bpffs, links of both veths included.
+    let pin = h.bpf_dir.join("maps-v2/ONC_INGRESS");
+    let ino = pin_inode(&pin);
+    let veth_links = || {
+        std::fs::read_dir(h.bpf_dir.join("links"))
+            .map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("ocve")).count())
+            .unwrap_or(0)
+    };
+    assert_eq!(veth_links(), 4, "two veths x (ingress, egress) pinned in {bpf_dir}/links");
+
+    // The upgrade, with a ping in flight the whole time (SIGINT makes it print its statistics);
+    // the settings come from the old plugin.
+    h.docker(&["exec", "-d", "cli", "sh", "-c", "ping -i 0.2 srv > /ping.out 2>&1"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let out = install(h, &[]);
+    std::thread::sleep(Duration::from_secs(1));
+    h.docker(&["exec", "cli", "killall", "-INT", "ping"]);
+    let ping = lab::wait_for("ping statistics", Duration::from_secs(10), || {
+        let o = h.docker(&["exec", "cli", "cat", "/ping.out"]);
+        o.contains("packet loss").then_some(o)
+    });
+    let id2 = plugin_id(h);
+    lab::cleanup::record_cgroup(&suffix, &id2);
+    assert_ne!(id1, id2, "a re-created plugin has a new ID");
+    assert!(out.contains("fast path ON"), "install.sh plugin (upgrade): {out}\n--- plugin log ---\n{}", plugin_log(h, &id2));
+    assert!(lab::cleanup::procs_in_cgroups_named(&id1).is_empty(), "the old plugin {id1} still runs");
+    assert!(ping.contains(" 0% packet loss"), "ping across the upgrade:\n{ping}");
+    assert_eq!(settings_env(h), env, "settings kept across the upgrade");
+
+    let st = status(h, &id2);
+    assert!(st["fastpath"].as_str().is_some_and(|f| f.starts_with("on")), "fast path after the upgrade: {st:#}\n{}", plugin_log(h, &id2));
+    assert_eq!(joined_endpoints(&st, &net), eps, "network and endpoints kept (state in {})", state.display());
+    assert_eq!(pin_inode(&pin), ino, "the pinned maps outlived the plugin");
+    assert_eq!(veth_links(), 4);
+    support::ping(h, "cli", "srv").unwrap_or_else(|e| panic!("ping after the upgrade: {e}"));
+    assert_eq!(fetch_checksum(h, "cli", "srv"), sum, "TCP after the upgrade");
+    // dockerd talks to the new plugin: a container joins.
+    h.run(&["--name", "late", "--network", "n1", IMAGE, "sleep", "600"]);
+    wait_ping(h, "late", "srv");
+    assert_eq!(joined_endpoints(&status(h, &id2), &net).len(), 3);
+
+    // Clean-up through dockerd and the plugin, then the plugin itself.
+    h.docker(&["rm", "-f", "srv", "cli", "late"]);
+    h.docker(&["network", "rm", "n1"]);
+    let st = status(h, &id2);
+    assert_eq!(st["networks"], serde_json::json!([]), "{st:#}");
+    assert_eq!(veth_links(), 0, "veth links unpinned");
+    h.docker(&["plugin", "disable", "-f", PLUGIN]);
+    h.docker(&["plugin", "rm", "-f", PLUGIN]);
+    assert_eq!(h.docker(&["plugin", "ls", "-q"]).trim(), "");
+    for id in [&id1, &id2] {
+        assert!(lab::cleanup::procs_in_cgroups_named(id).is_empty(), "plugin {id} still runs");
+    }
+    // The lab removes the pin folder (a bpffs folder of the machine) and checks nothing is left.
+    lab.finish();
+}

@@ -103,8 +103,8 @@ fn tcp_and_udp_take_the_fast_path_intact_and_untouched() {
     // ACKs, which conntrack still calls ESTABLISHED, may leave one direction's bit: never both).
     for h in [h0, h1] {
         let c = cache(h);
-        let port = |f: &&Value| f["local"].as_str().unwrap().ends_with(":5001") || f["remote"].as_str().unwrap().ends_with(":5001");
-        assert!(!flows(&c, "tcp").iter().filter(port).any(|f| f["egress"] == true && f["ingress"] == true), "TCP flow still admitted after FIN on {}: {c}", h.name);
+        let port = |f: &Value| f["local"].as_str().unwrap().ends_with(":5001") || f["remote"].as_str().unwrap().ends_with(":5001");
+        assert!(!flows(&c, "tcp").iter().any(|f| port(f) && f["egress"] == true && f["ingress"] == true), "TCP flow still admitted after FIN on {}: {c}", h.name);
         assert!(counter(&stats(h), "egress_fast", "invalidated") + counter(&stats(h), "ingress_fast", "invalidated") > 0);
     }
 

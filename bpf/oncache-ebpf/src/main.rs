@@ -23,7 +23,7 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_FIXED_GSO, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT,
     },
     bpf_f_adj_room_encap_l2,
-    helpers::{bpf_get_hash_recalc, bpf_redirect, bpf_redirect_peer},
+    helpers::{bpf_check_mtu, bpf_get_hash_recalc, bpf_redirect, bpf_redirect_peer},
     macros::{classifier, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TcContext,
@@ -138,9 +138,12 @@ fn egress_fast(ctx: &TcContext) -> i32 {
     let outer_ip_len = len + OUTER_L3_OVERHEAD;
     // Every frame that leaves must fit the underlay: the whole frame without GSO, each segment
     // (headers + gso_size) with it. The outer IPv4 total length must be expressible too.
+    // The MTU is the device's as it is now (ONC_CONFIG holds the one at daemon start; an
+    // operator may lower it since), and never more than that one.
+    let mtu = min(cfg.underlay_mtu, device_mtu(ctx, outer.ifindex));
     let gso = skb_gso_size(ctx);
     let wire_ip_len = if gso == 0 { outer_ip_len } else { OUTER_L3_OVERHEAD + flow.headers_len() + gso };
-    if wire_ip_len > cfg.underlay_mtu || outer_ip_len > 0xffff {
+    if wire_ip_len > mtu || outer_ip_len > 0xffff {
         return count(P, Counter::Rejected);
     }
     // The inner flow's hash, taken before the packet changes.
@@ -474,6 +477,21 @@ fn count(p: Program, c: Counter) -> i32 {
         unsafe { *v += 1 };
     }
     PASS
+}
+
+/// The MTU of device `ifindex` now; 0 (nothing fits) when there is no such device.
+/// `bpf_check_mtu` reports it whatever its verdict, which is not used: that verdict is about the
+/// skb as it is, not after encapsulation or per GSO segment.
+#[inline(always)]
+fn device_mtu(ctx: &TcContext, ifindex: u32) -> u32 {
+    let mut mtu: u32 = 0;
+    unsafe { bpf_check_mtu(ctx.skb.skb as *mut _, ifindex, &mut mtu, 0, 0) };
+    mtu
+}
+
+#[inline(always)]
+fn min(a: u32, b: u32) -> u32 {
+    if a < b { a } else { b }
 }
 
 #[inline(always)]

@@ -105,14 +105,20 @@ impl Netlink {
                         let (dst, lladdr) = neigh_fields(&n);
                         let key = (n.header.ifindex, dst?);
                         let dead = matches!(n.header.state, NeighbourState::Failed | NeighbourState::Incomplete);
+                        // A neighbour first seen here may have changed before we subscribed:
+                        // count it (one needless relearn at most).
                         match (dead, lladdr) {
-                            (false, Some(l)) => (known.insert(key, l.clone()).is_some_and(|old| old != l)).then_some(()),
-                            _ => known.remove(&key).map(|_| ()),
+                            (false, Some(l)) => (known.insert(key, l.clone()) != Some(l)).then_some(()),
+                            _ => {
+                                known.remove(&key);
+                                Some(())
+                            }
                         }
                     }
                     NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(n)) => {
                         let (dst, _) = neigh_fields(&n);
-                        known.remove(&(n.header.ifindex, dst?)).map(|_| ())
+                        known.remove(&(n.header.ifindex, dst?));
+                        Some(())
                     }
                     NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_)) => Some(()),
                     _ => None,

@@ -54,8 +54,8 @@ fn a_stored_peer_the_kernel_refuses_never_stops_start_or_create() {
     on_own_thread(|| {
         // As an older oncache could have stored it.
         let tb = Testbed::with_state(|s| {
-            s.add_peer("fd00::5".parse().unwrap())?;
-            s.add_peer("10.255.0.9".parse().unwrap())?;
+            s.add_peer("fd00::5".parse().unwrap(), oncache_store::PeerSource::Operator)?;
+            s.add_peer("10.255.0.9".parse().unwrap(), oncache_store::PeerSource::Operator)?;
             Ok(())
         })
         .unwrap();
@@ -134,5 +134,29 @@ fn swarm_allocation_is_idempotent_and_unique() {
         // Freed: a new network may get that VNI again.
         let (_, r4) = alloc(&"e5".repeat(32), json!({}));
         assert_eq!(r4["Options"]["oncache.vni"].as_str().unwrap(), vni1);
+    });
+}
+
+/// Swarm's discovery feeds the peer set, tagged: a DiscoverDelete takes away a peer only Swarm
+/// named, never one the operator added.
+#[test]
+fn swarm_discovery_never_removes_an_operators_peer() {
+    on_own_thread(|| {
+        let tb = Testbed::swarm().unwrap();
+        let node = |ip: &str| json!({"DiscoveryType": 1, "DiscoveryData": {"Address": ip, "BindAddress": ip, "Self": false}}).to_string();
+        assert_eq!(tb.call("Oncache.PeerAdd", br#"{"Address": "10.255.0.7"}"#).0, 200);
+        for ip in ["10.255.0.7", "10.255.0.8"] {
+            assert_eq!(tb.call("NetworkDriver.DiscoverNew", node(ip).as_bytes()), (200, json!({})));
+        }
+        let peers = || tb.call("Oncache.PeerList", b"").1["Peers"].clone();
+        assert_eq!(peers(), json!(["10.255.0.7", "10.255.0.8"]));
+        for ip in ["10.255.0.7", "10.255.0.8"] {
+            assert_eq!(tb.call("NetworkDriver.DiscoverDelete", node(ip).as_bytes()), (200, json!({})));
+        }
+        assert_eq!(peers(), json!(["10.255.0.7"]), "the operator's peer must stay");
+        // The operator's own removal removes it, whoever else named it.
+        tb.call("NetworkDriver.DiscoverNew", node("10.255.0.7").as_bytes());
+        assert_eq!(tb.call("Oncache.PeerRemove", br#"{"Address": "10.255.0.7"}"#).0, 200);
+        assert_eq!(peers(), json!([]));
     });
 }

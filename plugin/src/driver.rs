@@ -11,7 +11,7 @@ use crate::fastpath::{self, FastPath};
 use crate::{naming, options};
 use anyhow::{anyhow, bail, Context, Result};
 use libnetwork_api::driver as api;
-use oncache_store::{Endpoint, Network, Store};
+use oncache_store::{Endpoint, Network, PeerSource, Store};
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -514,9 +514,9 @@ impl Driver {
         }
         let ip: IpAddr = node.address.parse().with_context(|| format!("discovered node address {:?}", node.address))?;
         if new {
-            self.add_peer(ip).await
+            self.add_peer_from(ip, PeerSource::Swarm).await
         } else {
-            self.remove_peer(ip).await
+            self.withdraw_peer(ip, Some(PeerSource::Swarm)).await
         }
     }
 
@@ -549,12 +549,17 @@ impl Driver {
         Ok(out)
     }
 
-    /// Adds a peer host: checked, stored, and gossiped with from now on.
+    /// An operator adds a peer host (`--peer`, `oncache peer add`).
     pub async fn add_peer(&mut self, ip: IpAddr) -> Result<()> {
+        self.add_peer_from(ip, PeerSource::Operator).await
+    }
+
+    /// Adds a peer host: checked, stored with its source, and gossiped with from now on.
+    async fn add_peer_from(&mut self, ip: IpAddr, source: PeerSource) -> Result<()> {
         if let Some(why) = self.peer_problem(ip) {
             bail!(why);
         }
-        if self.store.add_peer(ip)? {
+        if self.store.add_peer(ip, source)? {
             log::info!("peer {ip} added");
         }
         if let Some(c) = &self.cluster {
@@ -563,11 +568,21 @@ impl Driver {
         Ok(())
     }
 
-    /// Removes a peer host and, at once, everything programmed for its containers.
+    /// An operator removes a peer host (`oncache peer rm`), whoever named it.
     pub async fn remove_peer(&mut self, ip: IpAddr) -> Result<()> {
-        if self.store.remove_peer(ip)? {
-            log::info!("peer {ip} removed");
+        self.withdraw_peer(ip, None).await
+    }
+
+    /// Withdraws `source`'s claim on a peer (None: all); once no source names it, it and
+    /// everything programmed for its containers go at once.
+    async fn withdraw_peer(&mut self, ip: IpAddr, source: Option<PeerSource>) -> Result<()> {
+        if !self.store.remove_peer(ip, source)? {
+            if self.store.peers()?.contains(&ip) {
+                log::info!("peer {ip} stays: the operator named it");
+            }
+            return Ok(());
         }
+        log::info!("peer {ip} removed");
         if let Some(c) = &self.cluster {
             c.set_peers(&self.usable_peers()?);
         }

@@ -170,19 +170,48 @@ impl Store {
         Ok(out)
     }
 
-    /// Returns true when the peer was not there before.
-    pub fn add_peer(&self, ip: IpAddr) -> Result<bool> {
-        let new = self.peers.insert(ip.to_string().as_bytes(), &[])?.is_none();
-        self.flush()?;
-        Ok(new)
+    /// Returns true when the peer was not there before (from any source).
+    pub fn add_peer(&self, ip: IpAddr, source: PeerSource) -> Result<bool> {
+        let key = ip.to_string();
+        let had = self.peers.get(key.as_bytes())?;
+        let mut sources = had.as_deref().map(sources_of).unwrap_or_default();
+        if !sources.contains(&source) {
+            sources.push(source);
+            self.peers.insert(key.as_bytes(), serde_json::to_vec(&sources).expect("serializes"))?;
+            self.flush()?;
+        }
+        Ok(had.is_none())
     }
 
-    /// Returns true when the peer was there.
-    pub fn remove_peer(&self, ip: IpAddr) -> Result<bool> {
-        let had = self.peers.remove(ip.to_string().as_bytes())?.is_some();
+    /// Withdraws `source`'s claim on a peer (`None`: every claim, as the operator's `peer rm`
+    /// does). Returns true when the peer is gone now, having been there.
+    pub fn remove_peer(&self, ip: IpAddr, source: Option<PeerSource>) -> Result<bool> {
+        let key = ip.to_string();
+        let Some(had) = self.peers.get(key.as_bytes())? else { return Ok(false) };
+        let mut sources = sources_of(&had);
+        sources.retain(|s| source.is_some_and(|only| *s != only));
+        if sources.is_empty() {
+            self.peers.remove(key.as_bytes())?;
+        } else {
+            self.peers.insert(key.as_bytes(), serde_json::to_vec(&sources).expect("serializes"))?;
+        }
         self.flush()?;
-        Ok(had)
+        Ok(sources.is_empty())
     }
+}
+
+/// Who named a peer: an operator (`--peer`, `oncache peer add`) or Docker Swarm's discovery. A
+/// Swarm event never removes an operator's peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerSource {
+    Operator,
+    Swarm,
+}
+
+/// A peer record's sources; records of an older oncache (empty) were the operator's.
+fn sources_of(v: &[u8]) -> Vec<PeerSource> {
+    serde_json::from_slice(v).unwrap_or_else(|_| vec![PeerSource::Operator])
 }
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {

@@ -48,8 +48,8 @@ fn records_survive_reopen() {
         let s = Store::open(dir.path()).unwrap();
         s.put_network(&net("n1", 4096)).unwrap();
         s.put_endpoint(&ep("e1", "n1")).unwrap();
-        assert!(s.add_peer("10.99.0.2".parse().unwrap()).unwrap());
-        assert!(!s.add_peer("10.99.0.2".parse().unwrap()).unwrap(), "a peer is a set member");
+        assert!(s.add_peer("10.99.0.2".parse().unwrap(), PeerSource::Operator).unwrap());
+        assert!(!s.add_peer("10.99.0.2".parse().unwrap(), PeerSource::Operator).unwrap(), "a peer is a set member");
     }
     let s = reopen(dir.path());
     assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
@@ -78,9 +78,9 @@ fn remove_peer_reports_presence() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap();
     let p: IpAddr = "10.99.0.3".parse().unwrap();
-    assert!(!s.remove_peer(p).unwrap());
-    s.add_peer(p).unwrap();
-    assert!(s.remove_peer(p).unwrap());
+    assert!(!s.remove_peer(p, None).unwrap());
+    s.add_peer(p, PeerSource::Operator).unwrap();
+    assert!(s.remove_peer(p, None).unwrap());
     assert!(s.peers().unwrap().is_empty());
 }
 
@@ -146,4 +146,22 @@ fn allocations_persist() {
     }
     let s = reopen(dir.path());
     assert_eq!(s.allocations().unwrap(), [("n1".to_string(), 4096)]);
+}
+
+#[test]
+fn a_swarm_event_never_removes_an_operators_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let (a, b): (IpAddr, IpAddr) = ("10.99.0.2".parse().unwrap(), "10.99.0.3".parse().unwrap());
+    s.add_peer(a, PeerSource::Operator).unwrap();
+    assert!(!s.add_peer(a, PeerSource::Swarm).unwrap(), "already a peer");
+    assert!(!s.remove_peer(a, Some(PeerSource::Swarm)).unwrap(), "the operator's claim stays");
+    assert_eq!(s.peers().unwrap(), [a]);
+    s.add_peer(b, PeerSource::Swarm).unwrap();
+    assert!(s.remove_peer(b, Some(PeerSource::Swarm)).unwrap());
+    // A record of an older oncache (no sources) was the operator's.
+    s.peers.insert(b.to_string().as_bytes(), &[]).unwrap();
+    assert!(!s.remove_peer(b, Some(PeerSource::Swarm)).unwrap());
+    assert!(s.remove_peer(b, None).unwrap());
+    assert_eq!(s.peers().unwrap(), [a]);
 }

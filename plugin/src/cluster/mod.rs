@@ -160,7 +160,7 @@ impl Cluster {
                     let keys = state.key_values().filter(|(k, _)| k.starts_with(view::KEY_PREFIX)).count();
                     let complete = state.get(READY_KEY).and_then(|n| n.parse::<usize>().ok()) == Some(keys);
                     log::trace!("gossip state of {ip} generation {} (live {is_live}): {:?}", id.generation_id, state.key_values().collect::<Vec<_>>());
-                    if is_live && !complete {
+                    if !complete {
                         continue; // restarted and not told its endpoints yet, or still arriving
                     }
                     let rank = (is_live, id.generation_id);

@@ -211,8 +211,8 @@ async fn follow_cluster(cluster: Arc<Cluster>, plugin: server::Shared) {
 }
 
 /// Outer headers the fast path learned name the underlay's next hop (its MAC, the interface):
-/// when a neighbour or route changes they go, and the next slow-path packet to each host
-/// teaches the new one.
+/// those a neighbour or route change makes stale go, and the next slow-path packet to that host
+/// teaches the new one. A neighbour merely ageing (same MAC) changes nothing.
 async fn follow_next_hops(underlay: u32, plugin: server::Shared) {
     use futures_util::StreamExt;
     let events = match crate::dataplane::netlink::Netlink::watch_next_hops(underlay) {
@@ -223,10 +223,18 @@ async fn follow_next_hops(underlay: u32, plugin: server::Shared) {
         }
     };
     tokio::pin!(events);
-    while events.next().await.is_some() {
-        match plugin.driver.lock().await.next_hops_changed() {
+    // The last MAC of each neighbour: a gateway's change must reach headers keyed by the hosts
+    // behind it.
+    let mut known = std::collections::HashMap::new();
+    while let Some(ev) = events.next().await {
+        let old = match ev {
+            crate::dataplane::netlink::NextHop::Neighbour { ip, mac: Some(m) } => known.insert(ip, m).filter(|o| *o != m),
+            crate::dataplane::netlink::NextHop::Neighbour { ip, mac: None } => known.remove(&ip),
+            crate::dataplane::netlink::NextHop::Route => None,
+        };
+        match plugin.driver.lock().await.next_hop_changed(ev, old) {
             Ok(0) => {}
-            Ok(n) => log::info!("underlay neighbour or route changed: {n} outer headers dropped, to be learned again"),
+            Ok(n) => log::info!("underlay {ev:?}: {n} outer headers dropped, to be learned again"),
             Err(e) => log::warn!("dropping outer headers: {e:#}"),
         }
     }

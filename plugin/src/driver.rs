@@ -602,11 +602,22 @@ impl Driver {
         self.fast()?.maps.list()
     }
 
-    /// The underlay's neighbours or routes changed: learned outer headers may be stale.
-    pub fn next_hops_changed(&mut self) -> Result<usize> {
-        match self.fast.as_mut() {
-            Some(f) => f.maps.forget_outer(),
-            None => Ok(0),
+    /// An underlay neighbour or route changed (`old`: the neighbour's MAC before): drops the
+    /// learned outer headers it makes stale.
+    pub fn next_hop_changed(&mut self, ev: crate::dataplane::netlink::NextHop, old: Option<[u8; 6]>) -> Result<usize> {
+        use crate::dataplane::netlink::NextHop;
+        let Some(f) = self.fast.as_mut() else { return Ok(0) };
+        let v4 = |ip: IpAddr| match ip {
+            IpAddr::V4(a) => Some(a.octets()),
+            IpAddr::V6(_) => None,
+        };
+        match ev {
+            NextHop::Route => f.maps.forget_outer(|_, _| true),
+            // Headers to that host with another MAC, and headers through its old MAC.
+            NextHop::Neighbour { ip, mac } => {
+                let ip = v4(ip);
+                f.maps.forget_outer(|vtep, dst| (Some(vtep) == ip && Some(dst) != mac) || Some(dst) == old)
+            }
         }
     }
 

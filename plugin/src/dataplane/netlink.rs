@@ -42,6 +42,15 @@ pub struct FdbEntry {
     pub dst: Option<IpAddr>,
 }
 
+/// A change that may move the underlay's next hops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextHop {
+    /// A neighbour on the underlay now has this MAC (None: it failed or went away).
+    Neighbour { ip: IpAddr, mac: Option<[u8; 6]> },
+    /// An IPv4 route changed.
+    Route,
+}
+
 /// A VXLAN device to create.
 pub struct VxlanSpec<'a> {
     pub name: &'a str,
@@ -76,11 +85,10 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
-    /// Yields whenever the underlay's next hops may have moved in this network namespace: a
-    /// neighbour on interface `underlay` changed its link-layer address, failed or went away
-    /// (RTMGRP_NEIGH), or an IPv4 route changed (RTMGRP_IPV4_ROUTE). A neighbour merely ageing
-    /// (reachable, stale, probed) with the same address is no change. Must run inside tokio.
-    pub fn watch_next_hops(underlay: u32) -> Result<impl futures_util::Stream<Item = ()>> {
+    /// What may move the underlay's next hops, as it happens in this network namespace: each
+    /// neighbour entry of interface `underlay` as it changes (RTMGRP_NEIGH), and any IPv4 route
+    /// change (RTMGRP_IPV4_ROUTE). Must run inside tokio.
+    pub fn watch_next_hops(underlay: u32) -> Result<impl futures_util::Stream<Item = NextHop>> {
         use futures_util::StreamExt;
         use rtnetlink::sys::AsyncSocket;
         let (mut conn, _handle, messages) = rtnetlink::new_connection().context("opening a netlink socket")?;
@@ -90,39 +98,19 @@ impl Netlink {
             .bind(&rtnetlink::sys::SocketAddr::new(0, groups))
             .context("subscribing to neighbour and route changes")?;
         tokio::spawn(conn);
-        let known = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<(u32, IpAddr), Vec<u8>>::new()));
-        Ok(messages.filter_map(move |(m, _)| {
-            let known = known.clone();
-            async move {
-                let mut known = known.lock().unwrap_or_else(|e| e.into_inner());
-                match m.payload {
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n))
-                        if n.header.ifindex != underlay =>
-                    {
-                        None
-                    }
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) => {
-                        let (dst, lladdr) = neigh_fields(&n);
-                        let key = (n.header.ifindex, dst?);
-                        let dead = matches!(n.header.state, NeighbourState::Failed | NeighbourState::Incomplete);
-                        // A neighbour first seen here may have changed before we subscribed:
-                        // count it (one needless relearn at most).
-                        match (dead, lladdr) {
-                            (false, Some(l)) => (known.insert(key, l.clone()) != Some(l)).then_some(()),
-                            _ => {
-                                known.remove(&key);
-                                Some(())
-                            }
-                        }
-                    }
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(n)) => {
-                        let (dst, _) = neigh_fields(&n);
-                        known.remove(&(n.header.ifindex, dst?));
-                        Some(())
-                    }
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_)) => Some(()),
-                    _ => None,
+        Ok(messages.filter_map(move |(m, _)| async move {
+            match m.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) if n.header.ifindex == underlay => {
+                    let (ip, lladdr) = neigh_fields(&n);
+                    let dead = matches!(n.header.state, NeighbourState::Failed | NeighbourState::Incomplete);
+                    let mac = lladdr.and_then(|l| <[u8; 6]>::try_from(&l[..]).ok()).filter(|_| !dead);
+                    Some(NextHop::Neighbour { ip: ip?, mac })
                 }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(n)) if n.header.ifindex == underlay => {
+                    Some(NextHop::Neighbour { ip: neigh_fields(&n).0?, mac: None })
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_)) => Some(NextHop::Route),
+                _ => None,
             }
         }))
     }

@@ -182,10 +182,10 @@ impl Maps {
             + remove_where::<[u8; 4], c::OuterHeader>(&mut self.outer, |_, _| true)?)
     }
 
-    /// Outer headers go (they are learned again from the next slow-path packet to each host):
-    /// after a neighbour or route change on the underlay.
-    pub fn forget_outer(&mut self) -> Result<usize> {
-        remove_where::<[u8; 4], c::OuterHeader>(&mut self.outer, |_, _| true)
+    /// Outer headers that `stale(host, next-hop MAC)` selects go (they are learned again from
+    /// the next slow-path packet to that host): after a neighbour or route change.
+    pub fn forget_outer(&mut self, stale: impl Fn([u8; 4], [u8; 6]) -> bool) -> Result<usize> {
+        remove_where::<[u8; 4], c::OuterHeader>(&mut self.outer, |k, v| stale(*k, v.eth[..6].try_into().expect("6 bytes")))
     }
 
     pub fn stats(&mut self) -> Result<Stats> {

@@ -12,10 +12,10 @@ use lab::{Host, Lab};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use support::traffic::{
-    capture, capture_sent, describe, exchange, in_netns, inet_checksum, ipv4_flow, mac_in, pattern, read_pcap, recv_blocks, send_blocks, send_frames,
+    capture, capture_sent, describe, exchange, in_netns, inet_checksum, ipv4_flow, mac_in, pattern, recv_blocks, send_blocks, send_frames,
     tcp_connect, udp_client, udp_frame, Echo, Frame,
 };
 use support::*;
@@ -295,31 +295,6 @@ fn outer_ce_reaches_ect_packets_and_not_ect_goes_to_the_kernel() {
 
 // ---- 3. Oversize GSO ----------------------------------------------------------------------------
 
-/// tcpdump of the first 128 bytes of each frame (the pcap keeps the wire length): many frames
-/// without losing any.
-struct HeaderCapture {
-    bg: lab::Bg,
-    file: PathBuf,
-}
-
-fn capture_headers(h: &Host, ns: &str, iface: &str, file: &Path, direction: &str, filter: &str) -> HeaderCapture {
-    let net = format!("--net={ns}");
-    let path = file.to_string_lossy();
-    let bg = h.spawn(&["nsenter", &net, "tcpdump", "-i", iface, "-Q", direction, "--immediate-mode", "-U", "-n", "-s", "128", "-B", "65536", "-w", &path, filter]);
-    lab::wait_for("tcpdump to start", Duration::from_secs(10), || std::fs::metadata(file).ok().filter(|m| m.len() > 0).map(|_| ()));
-    HeaderCapture { bg, file: file.to_path_buf() }
-}
-
-impl HeaderCapture {
-    fn finish(mut self) -> Vec<Frame> {
-        std::thread::sleep(Duration::from_millis(300));
-        self.bg.stop();
-        let log = self.bg.log();
-        let dropped = log.lines().find(|l| l.contains("dropped by kernel")).and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok());
-        assert_eq!(dropped, Some(0), "tcpdump lost packets (or did not report): {log}");
-        read_pcap(&self.file)
-    }
-}
 
 /// Turns TCP segmentation offload of `ifname` in the namespace at `ns` on or off (the legacy
 /// ethtool ioctls: the machine has no ethtool), and checks that it took.
@@ -391,7 +366,7 @@ fn oversize_gso_segments_take_the_slow_path() {
     const MTU: usize = 1400;
     h0.sh(&format!("ip link set dev {} mtu {MTU}", lab::UNDERLAY_IF));
     set_tso(&h0.netns_path(), lab::UNDERLAY_IF, false);
-    let cap = capture_headers(h0, &h0.netns_path(), lab::UNDERLAY_IF, &pcap_dir(h0).join("underlay.pcap"), "out", "udp dst port 4789");
+    let cap = support::traffic::capture_with(h0, &h0.netns_path(), lab::UNDERLAY_IF, &pcap_dir(h0).join("underlay.pcap"), "udp dst port 4789", "out", 128);
     let before = stats(h0);
     push(8..24);
     let after = stats(h0);

@@ -305,22 +305,24 @@ pub struct Capture {
 pub const SNAPLEN: usize = 65400;
 
 pub fn capture(h: &crate::lab::Host, ns: &str, iface: &str, file: &std::path::Path, filter: &str) -> Capture {
-    capture_dir(h, ns, iface, file, filter, "inout")
+    capture_with(h, ns, iface, file, filter, "inout", SNAPLEN)
 }
 
 /// [`capture`] of what `iface` sends only (`tcpdump -Q out`): on a VXLAN device, exactly the
 /// frames the kernel encapsulated.
 pub fn capture_sent(h: &crate::lab::Host, ns: &str, iface: &str, file: &std::path::Path, filter: &str) -> Capture {
-    capture_dir(h, ns, iface, file, filter, "out")
+    capture_with(h, ns, iface, file, filter, "out", SNAPLEN)
 }
 
-fn capture_dir(h: &crate::lab::Host, ns: &str, iface: &str, file: &std::path::Path, filter: &str, direction: &str) -> Capture {
+/// [`capture`] in one `direction` (`in`, `out`, `inout`) keeping `snaplen` bytes of each frame
+/// (a short snapshot keeps headers only, and lets a small ring hold a long burst).
+pub fn capture_with(h: &crate::lab::Host, ns: &str, iface: &str, file: &std::path::Path, filter: &str, direction: &str, snaplen: usize) -> Capture {
     let net = format!("--net={ns}");
     let path = file.to_string_lossy();
     // Immediate mode takes a ring of fixed slots of (a bit more than) the snapshot length, one
     // per 64 KiB block: 64 MiB hold 1024 packets, GSO super-packets or not, even if tcpdump
     // gets no CPU at all while they arrive.
-    let snap = SNAPLEN.to_string();
+    let snap = snaplen.to_string();
     let bg = h.spawn(&["nsenter", &net, "tcpdump", "-i", iface, "-Q", direction, "--immediate-mode", "-U", "-n", "-s", &snap, "-B", "65536", "-w", &path, filter]);
     crate::lab::wait_for("tcpdump to start", Duration::from_secs(10), || {
         std::fs::metadata(file).ok().filter(|m| m.len() > 0).map(|_| ())

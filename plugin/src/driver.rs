@@ -192,6 +192,14 @@ impl Driver {
         self.dp.remove_veth(endpoint_id).await
     }
 
+    /// The VNI of an endpoint's network, if both are known.
+    fn vni_of(&self, ep: Option<&Endpoint>) -> Result<Option<u32>> {
+        Ok(match ep {
+            Some(e) => self.store.network(&e.network_id)?.map(|n| n.vni),
+            None => None,
+        })
+    }
+
     fn network(&self, id: &str) -> Result<Network> {
         self.store.network(id)?.ok_or_else(|| anyhow!("network {id} is not an oncache network on this host"))
     }
@@ -416,10 +424,7 @@ impl Driver {
         if ep.is_none() && self.tag_owner(id)?.is_some() {
             return Ok(()); // not ours to touch: those links belong to another endpoint
         }
-        let vni = match &ep {
-            Some(e) => self.store.network(&e.network_id)?.map(|n| n.vni),
-            None => None,
-        };
+        let vni = self.vni_of(ep.as_ref())?;
         self.unplug(id, ep.as_ref(), vni).await?;
         if let Some(ep) = self.store.delete_endpoint(id)? {
             if ep.sandbox.is_some() {
@@ -487,11 +492,8 @@ impl Driver {
         if ep.is_none() && self.tag_owner(&req.endpoint_id)?.is_some() {
             return Ok(()); // not ours to touch: those links belong to another endpoint
         }
-        let n = match &ep {
-            Some(e) => self.store.network(&e.network_id)?,
-            None => None,
-        };
-        self.unplug(&req.endpoint_id, ep.as_ref(), n.as_ref().map(|n| n.vni)).await?;
+        let vni = self.vni_of(ep.as_ref())?;
+        self.unplug(&req.endpoint_id, ep.as_ref(), vni).await?;
         if let Some(mut ep) = ep {
             if ep.sandbox.take().is_some() {
                 self.store.put_endpoint(&ep)?;
@@ -499,7 +501,6 @@ impl Driver {
                 log::info!("endpoint {} left", ep.id);
             }
         }
-        let _ = n;
         Ok(())
     }
 

@@ -356,14 +356,21 @@ impl Netlink {
     }
 }
 
-fn fdb_message(vxlan: u32, mac: [u8; 6], dst: IpAddr) -> NeighbourMessage {
+/// A bridge-family entry for `mac` on the VXLAN device.
+fn bridge_family_entry(vxlan: u32, mac: [u8; 6], state: NeighbourState, flags: NeighbourFlags) -> NeighbourMessage {
     let mut m = NeighbourMessage::default();
     m.header.family = AddressFamily::Bridge;
     m.header.ifindex = vxlan;
-    m.header.state = NeighbourState::Permanent;
-    m.header.flags = NeighbourFlags::Own;
+    m.header.state = state;
+    m.header.flags = flags;
     m.header.kind = RouteType::Unspec;
     m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    m
+}
+
+/// The VXLAN device's own (self) entry: frames to `mac` go to `dst`.
+fn fdb_message(vxlan: u32, mac: [u8; 6], dst: IpAddr) -> NeighbourMessage {
+    let mut m = bridge_family_entry(vxlan, mac, NeighbourState::Permanent, NeighbourFlags::Own);
     m.attributes.push(NeighbourAttribute::Destination(match dst {
         IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
         IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
@@ -386,15 +393,8 @@ fn neigh_fields(m: &NeighbourMessage) -> (Option<IpAddr>, Option<Vec<u8>>) {
 
 /// The bridge's own (master) static entry for a MAC behind the VXLAN port.
 fn bridge_fdb_message(vxlan: u32, mac: [u8; 6]) -> NeighbourMessage {
-    let mut m = NeighbourMessage::default();
-    m.header.family = AddressFamily::Bridge;
-    m.header.ifindex = vxlan;
     // NOARP is the bridge's "static"; PERMANENT would mean an address of the bridge itself.
-    m.header.state = NeighbourState::Noarp;
-    m.header.flags = NeighbourFlags::Controller;
-    m.header.kind = RouteType::Unspec;
-    m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
-    m
+    bridge_family_entry(vxlan, mac, NeighbourState::Noarp, NeighbourFlags::Controller)
 }
 
 /// Bridge-family entries carry NDA_DST as raw bytes; their length tells the IP version.

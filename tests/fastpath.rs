@@ -387,8 +387,8 @@ fn flush_leave_peer_removal_and_network_delete_invalidate() {
     lab.finish();
 }
 
-/// An address reused by a new container on another host is reached at once: the hosts
-/// announce joins and leaves, and stale VXLAN and fast-path entries are dropped.
+/// An address reused by a new container on another host is reached as soon as the control
+/// plane has told the sender's host, with no packet lost or sent to the old host after that.
 #[test]
 fn reused_address_on_another_host_is_reached() {
     let lab = overlay(3, &[]);
@@ -407,13 +407,19 @@ fn reused_address_on_another_host_is_reached() {
     h1.docker(&["rm", "-f", "cb"]);
     let (pc, _) = start(h2, "cc", &["--ip", "10.202.0.250"]);
     let _echo_c = Echo::start(&pc, 7005, "c:");
-    let tags = udp_exchange(&pa, x, 7005, 100, 100, 0).expect("the new container answers at once");
+    // The move reaches ca's host through the control plane (gossip, then the daemon's next
+    // view): bounded, not instantaneous. From then on no packet is lost or misdelivered.
+    let ip2 = h2.underlay_ip.to_string();
+    let took = std::time::Instant::now();
+    lab::wait_for("ca's host to learn the new location", Duration::from_secs(10), || {
+        has_entry(&cache(h0), "egress", |e| e["ip"] == "10.202.0.250" && e["vtep"] == ip2.as_str()).then_some(())
+    });
+    eprintln!("move known on ca's host after {:?}", took.elapsed());
+    let tags = udp_exchange(&pa, x, 7005, 100, 100, 0).expect("the new container answers every packet");
     assert!(tags.iter().all(|t| t == "c:"), "answers from the old container: {tags:?}");
     let before = hits(h0);
     udp_exchange(&pa, x, 7005, 100, 100, 0).unwrap();
     assert!(hits(h0).0 >= before.0 + 90, "fast path not re-learned towards the new host: {}", cache(h0));
-    let ip2 = h2.underlay_ip.to_string();
-    assert!(has_entry(&cache(h0), "egress", |e| e["ip"] == "10.202.0.250" && e["vtep"] == ip2.as_str()));
     lab.finish();
 }
 

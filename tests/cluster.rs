@@ -162,7 +162,7 @@ fn a_host_that_leaves_is_forgotten_everywhere() {
     lab.host_mut(2).stop_oncache();
     let start = Instant::now();
     for h in &lab.hosts()[..2] {
-        let took = wait_remotes(h, 1, Duration::from_secs(60));
+        let took = wait_remotes(h, 1, Duration::from_secs(90));
         eprintln!("{}: host 2's container forgotten {:?} after its daemon stopped", h.name, start.elapsed().max(took));
         let fdb = h.sh("bridge fdb show dev ocvx110");
         assert!(!fdb.contains(&gone), "{}: forwarding entries to {gone} remain:\n{fdb}", h.name);

@@ -24,10 +24,10 @@ fn network_lifecycle_dns_ping_and_tcp_transfer() {
     let st = status(h);
     let net = &st["networks"][0];
     assert_eq!(net["network"]["id"], id.trim());
-    assert_eq!(net["network"]["vni"], 4096, "first allocated VNI");
+    assert_eq!(net["network"]["vni"], 1 << 20, "first allocated VNI");
     assert_eq!(net["network"]["mtu"], 1450, "underlay 1500 less VXLAN's 50");
-    assert_eq!(oncache_links(h), ["ocbr4096", "ocvx4096"]);
-    assert_eq!(master_of(h, "ocvx4096").as_deref(), Some("ocbr4096"));
+    assert_eq!(oncache_links(h), ["ocbr1048576", "ocvx1048576"]);
+    assert_eq!(master_of(h, "ocvx1048576").as_deref(), Some("ocbr1048576"));
 
     h.run(&["--name", "ca", "--network", "n1", lab::IMAGE, "sleep", "1d"]);
     h.run(&["--name", "cb", "--network", "n1", lab::IMAGE, "sleep", "1d"]);
@@ -46,7 +46,7 @@ fn network_lifecycle_dns_ping_and_tcp_transfer() {
     assert_eq!(oncache_links(h).iter().filter(|l| l.starts_with("ocve")).count(), 2);
 
     h.docker(&["rm", "-f", "ca", "cb"]);
-    assert_eq!(oncache_links(h), ["ocbr4096", "ocvx4096"], "veths of removed containers remain");
+    assert_eq!(oncache_links(h), ["ocbr1048576", "ocvx1048576"], "veths of removed containers remain");
     assert!(status(h)["networks"][0]["endpoints"].as_array().unwrap().is_empty());
     h.docker(&["network", "rm", "n1"]);
     assert!(oncache_links(h).is_empty(), "links remain after network rm: {:?}", oncache_links(h));

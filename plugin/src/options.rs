@@ -13,8 +13,10 @@ const KNOWN: &[&str] = &[VNI, MTU, FASTPATH];
 /// Bytes VXLAN adds over IPv4: outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
 pub const VXLAN_OVERHEAD: u32 = 50;
 pub const VNI_MAX: u32 = (1 << 24) - 1;
-/// Allocated VNIs start here, leaving the low range to operators who pick their own.
-pub const VNI_AUTO_FIRST: u32 = 4096;
+/// Allocated VNIs start here: far above the low range operators pick by hand, and above the
+/// VNIs Docker's overlay allocates lowest-first from 4096 (Swarm's ingress network has one on
+/// every node, and the kernel refuses a second device with that VNI on the shared UDP port).
+pub const VNI_AUTO_FIRST: u32 = 1 << 20;
 const MTU_MIN: u32 = 1280;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -134,7 +136,7 @@ mod tests {
 
     #[test]
     fn vni_allocation_skips_used() {
-        assert_eq!(allocate_vni(&[]), Some(4096));
-        assert_eq!(allocate_vni(&[4096, 4097, 5]), Some(4098));
+        assert_eq!(allocate_vni(&[]), Some(VNI_AUTO_FIRST));
+        assert_eq!(allocate_vni(&[VNI_AUTO_FIRST, VNI_AUTO_FIRST + 1, 5]), Some(VNI_AUTO_FIRST + 2));
     }
 }

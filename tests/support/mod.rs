@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod managed;
 pub mod traffic;
 
 use crate::lab::{self, Host};

@@ -24,9 +24,13 @@ pub use view::{Published, Remote};
 pub const DEFAULT_PORT: u16 = 4788;
 const CLUSTER_ID: &str = "oncache";
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(500);
-/// A host the failure detector calls dead keeps its endpoints this much longer: a daemon that
-/// restarts (a second or two) never takes its containers' routes away from its peers.
-pub const DOWN_GRACE: Duration = Duration::from_secs(5);
+/// A host the failure detector calls dead keeps its endpoints this much longer, so that a
+/// daemon that restarts never takes its containers' routes away from its peers: a service
+/// restart is a second or two, but a managed-plugin re-create (disable, rm, create, enable) or
+/// a dockerd restart under Swarm keeps it silent for about ten. Keeping a dead host's entries
+/// longer costs little: its containers are unreachable anyway, and an address reused elsewhere
+/// is taken over at once (the later join wins).
+pub const DOWN_GRACE: Duration = Duration::from_secs(30);
 /// After a start, entries of peers not heard from yet are kept this long (their hosts may
 /// simply not have gossiped with us yet); after it, silence counts as absence.
 pub const START_GRACE: Duration = Duration::from_secs(15);

@@ -159,12 +159,17 @@ impl Netlink {
             .controller(s.controller)
             .up()
             .build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .with_context(|| format!("creating VXLAN device {} (VNI {})", s.name, s.vni))
+        match self.handle.link().add(msg).execute().await {
+            // The kernel allows one device per VNI on a UDP port in a namespace, whoever made it.
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Err(anyhow!(
+                "creating VXLAN device {} (VNI {}): another VXLAN device on UDP port {VXLAN_PORT} here already has VNI {} \
+                 (Docker's overlay, Swarm's ingress network included, takes VNIs from 4096 up): choose another with -o oncache.vni=N",
+                s.name,
+                s.vni,
+                s.vni
+            )),
+            r => r.with_context(|| format!("creating VXLAN device {} (VNI {})", s.name, s.vni)),
+        }
     }
 
     /// Creates a veth pair with `host` on `bridge` and `peer` carrying `peer_mac`; both up.

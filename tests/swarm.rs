@@ -1,0 +1,198 @@
+//! oncache under Docker Swarm, end to end, against real dockerds in the namespace lab: three
+//! nodes (two managers), the managed plugin installed on each with `install.sh plugin` (scope
+//! global), an attachable oncache network made on a manager, a global dnsrr service. Then what
+//! a Swarm operator relies on: names resolve across nodes, TCP arrives intact over the fast path,
+//! a node that leaves takes its endpoints away everywhere, a leader change keeps VNIs unique, and
+//! a plugin re-created under running containers loses no packet.
+
+mod lab;
+mod support;
+
+use lab::{Host, Lab, IMAGE};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use support::managed::{cli_json, hits, install, lab_settings, plugin_id, plugin_log, share_bpffs_with_dockerd, PLUGIN};
+use support::{fetch_checksum, serve_random_file};
+
+const SWARM_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn node_id(h: &Host) -> String {
+    h.docker(&["info", "-f", "{{.Swarm.NodeID}}"]).trim().to_string()
+}
+
+/// The VNI the leader allocated for a network, as the manager `m` stores it.
+fn vni_of(m: &Host, net: &str) -> String {
+    m.docker(&["network", "inspect", "-f", "{{index .Options \"oncache.vni\"}}", net]).trim().to_string()
+}
+
+/// Remote endpoints the plugin's fast path sends to VTEP `vtep` (from its egress cache).
+fn egress_towards(h: &Host, id: &str, vtep: &Host) -> Vec<String> {
+    let ip = vtep.underlay_ip.to_string();
+    let c = cli_json(h, id, "cache list");
+    c["egress"].as_array().map(|a| a.iter().filter(|e| e["vtep"] == ip.as_str()).map(|e| e["ip"].to_string()).collect()).unwrap_or_default()
+}
+
+/// IPv4 addresses busybox nslookup printed for a name (the resolver's own address excluded).
+fn resolved(h: &Host, container: &str, name: &str) -> BTreeSet<String> {
+    let out = h.try_docker_exec(container, &["nslookup", name]).unwrap_or_default();
+    out.split("Name:")
+        .skip(1)
+        .flat_map(|s| s.lines().filter_map(|l| l.trim().strip_prefix("Address:")).map(|a| a.trim().to_string()).collect::<Vec<_>>())
+        .filter(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
+        .collect()
+}
+
+/// The ID of the container of service `svc`'s task on node `h`.
+fn task_container(h: &Host, svc: &str) -> String {
+    lab::wait_for(&format!("{svc}'s task on {}", h.name), SWARM_TIMEOUT, || {
+        let out = h.docker(&["ps", "-q", "--filter", &format!("label=com.docker.swarm.service.name={svc}")]);
+        out.lines().next().map(str::to_string)
+    })
+}
+
+#[test]
+fn swarm_drives_oncache_end_to_end() {
+    let mut lab = Lab::new(3);
+    lab.start_dockerds();
+    let suffix = lab.suffix().to_string();
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let ts: Vec<_> = lab
+            .hosts()
+            .iter()
+            .map(|h| {
+                s.spawn(move || {
+                    share_bpffs_with_dockerd(h);
+                    let settings = lab_settings(h, "global");
+                    let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+                    let out = install(h, &settings);
+                    let id = plugin_id(h);
+                    assert!(out.contains("fast path ON"), "{}: install.sh plugin: {out}\n{}", h.name, plugin_log(h, &id));
+                    id
+                })
+            })
+            .collect();
+        ts.into_iter().map(|t| t.join().expect("install")).collect()
+    });
+    for id in &ids {
+        lab::cleanup::record_cgroup(&suffix, id);
+    }
+    let (h0, h1, h2) = (lab.host(0), lab.host(1), lab.host(2));
+
+    // The swarm: h0 and h1 managers, h2 a worker.
+    let ip = |h: &Host| h.underlay_ip.to_string();
+    h0.docker(&["swarm", "init", "--advertise-addr", &ip(h0), "--listen-addr", &format!("{}:2377", ip(h0))]);
+    let token = |role: &str| h0.docker(&["swarm", "join-token", "-q", role]).trim().to_string();
+    let (manager, worker) = (token("manager"), token("worker"));
+    for (h, t) in [(h1, &manager), (h2, &worker)] {
+        h.docker(&["swarm", "join", "--token", t, "--advertise-addr", &ip(h), "--listen-addr", &format!("{}:2377", ip(h)), &format!("{}:2377", ip(h0))]);
+    }
+    lab::wait_for("three ready nodes", SWARM_TIMEOUT, || {
+        (h0.docker(&["node", "ls", "--format", "{{.Status}}"]).lines().filter(|s| *s == "Ready").count() == 3).then_some(())
+    });
+
+    // The network, allocated by the leader; a global dnsrr service has a task on every node.
+    h0.docker(&["network", "create", "-d", PLUGIN, "--attachable", "--subnet", "10.210.0.0/24", "ov"]);
+    let vni = vni_of(h0, "ov");
+    assert!(vni.parse::<u32>().is_ok(), "AllocateNetwork returned no oncache.vni: {}", h0.docker(&["network", "inspect", "ov"]));
+    h0.docker(&[
+        "service", "create", "--detach", "--name", "web", "--network", "ov", "--mode", "global", "--endpoint-mode", "dnsrr",
+        "--no-resolve-image", "--init", "--stop-grace-period", "1s", IMAGE, "sleep", "1d",
+    ]);
+    let tasks: Vec<String> = lab.hosts().iter().map(|h| task_container(h, "web")).collect();
+    let task_ips: BTreeSet<String> = lab.hosts().iter().zip(&tasks).map(|(h, t)| h.container_ip(t, "ov").to_string()).collect();
+    assert_eq!(task_ips.len(), 3, "three task addresses: {task_ips:?}");
+
+    // An attachable container on the worker: Docker's DNS answers the service's tasks on every
+    // node, and each answers, by name too (`ping web`, as the README shows).
+    h2.run(&["--name", "cli", "--network", "ov", "--init", IMAGE, "sleep", "1d"]);
+    let names = lab::wait_for("web to resolve to its three tasks", SWARM_TIMEOUT, || {
+        let r = resolved(h2, "cli", "web");
+        (r == task_ips).then_some(r)
+    });
+    for a in &names {
+        lab::wait_for(&format!("cli to reach task {a}"), Duration::from_secs(20), || {
+            h2.try_docker_exec("cli", &["ping", "-c", "1", "-W", "1", a]).ok()
+        });
+    }
+    h2.docker_exec("cli", &["ping", "-c", "3", "-W", "2", "web"]);
+
+    // TCP from the worker to the first manager's task: intact, and on the fast path both sides.
+    let srv_ip = h0.container_ip(&tasks[0], "ov").to_string();
+    let sum = serve_random_file(h0, &tasks[0]);
+    fetch_checksum(h2, "cli", &srv_ip); // warms the caches (the first packets take the slow path)
+    let before = [hits(h0, &ids[0]), hits(h2, &ids[2])];
+    assert_eq!(fetch_checksum(h2, "cli", &srv_ip), sum, "TCP payload across the swarm");
+    for ((h, id), b) in [(h0, &ids[0]), (h2, &ids[2])].into_iter().zip(before) {
+        let now = hits(h, id);
+        assert!(now.0 > b.0 + 100 && now.1 > b.1 + 100, "{}: fast-path hits went from {b:?} to {now:?}\n{}", h.name, plugin_log(h, id));
+    }
+
+    // Plugin re-created on the worker under a running container: no ping lost, and the new
+    // plugin (told by dockerd only about itself) still knows its peers and serves a new join.
+    h2.docker(&["exec", "-d", "cli", "sh", "-c", &format!("ping -i 0.2 {srv_ip} > /ping.out 2>&1")]);
+    std::thread::sleep(Duration::from_secs(1));
+    install(h2, &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    h2.docker(&["exec", "cli", "killall", "-INT", "ping"]);
+    let ping = lab::wait_for("ping statistics", Duration::from_secs(10), || {
+        let o = h2.docker(&["exec", "cli", "cat", "/ping.out"]);
+        o.contains("packet loss").then_some(o)
+    });
+    assert!(ping.contains(" 0% packet loss"), "ping across the plugin re-create:\n{ping}");
+    let id2 = plugin_id(h2);
+    lab::cleanup::record_cgroup(&suffix, &id2);
+    assert_ne!(id2, ids[2], "a re-created plugin has a new ID");
+    h2.run(&["--name", "late", "--network", "ov", "--init", IMAGE, "sleep", "1d"]);
+    lab::wait_for("a container joined after the re-create to reach the manager's task", Duration::from_secs(20), || {
+        h2.try_docker_exec("late", &["ping", "-c", "1", "-W", "1", &srv_ip]).ok()
+    });
+    assert_eq!(fetch_checksum(h2, "late", &srv_ip), sum, "TCP after the plugin re-create");
+
+    // The worker leaves: every endpoint behind it goes from the managers' kernels.
+    assert!(!egress_towards(h0, &ids[0], h2).is_empty(), "h0 has no fast-path entry towards the worker");
+    h2.docker(&["rm", "-f", "cli", "late"]);
+    h2.docker(&["swarm", "leave", "--force"]);
+    for (h, id) in [(h0, &ids[0]), (h1, &ids[1])] {
+        lab::wait_for(&format!("{} to forget the worker's endpoints", h.name), SWARM_TIMEOUT, || {
+            let left = egress_towards(h, id, h2);
+            let st = cli_json(h, id, "status");
+            (left.is_empty() && st["remote_endpoints"].as_u64() == Some(1)).then_some(())
+        });
+    }
+
+    // Leader change: the first manager is demoted, the second leads and replays the allocation
+    // of `ov`; a network it allocates next never gets `ov`'s VNI.
+    let n0 = node_id(h0);
+    h0.docker(&["node", "demote", &n0]);
+    lab::wait_for("h1 to lead", SWARM_TIMEOUT, || {
+        let me = h1.try_docker(&["node", "inspect", "self", "-f", "{{.ManagerStatus.Leader}}"]).ok()?;
+        (me.trim() == "true").then_some(())
+    });
+    let made = lab::wait_for("the new leader to create a network", SWARM_TIMEOUT, || {
+        h1.try_docker(&["network", "create", "-d", PLUGIN, "--attachable", "--subnet", "10.211.0.0/24", "ov2"]).ok()
+    });
+    assert!(!made.trim().is_empty());
+    let vni2 = lab::wait_for("ov2's VNI", SWARM_TIMEOUT, || Some(vni_of(h1, "ov2")).filter(|v| !v.is_empty()));
+    assert_eq!(vni_of(h1, "ov"), vni, "the new leader kept ov's VNI");
+    assert_ne!(vni2, vni, "two Swarm networks share VNI {vni}");
+    // ... and the new network carries traffic between the two remaining nodes.
+    h0.run(&["--name", "a2", "--network", "ov2", "--init", IMAGE, "sleep", "1d"]);
+    h1.run(&["--name", "b2", "--network", "ov2", "--init", IMAGE, "sleep", "1d"]);
+    let a2 = h0.container_ip("a2", "ov2").to_string();
+    lab::wait_for("b2 to reach a2 over ov2", Duration::from_secs(20), || h1.try_docker_exec("b2", &["ping", "-c", "1", "-W", "1", &a2]).ok());
+    let st: Value = cli_json(h1, &ids[1], "status");
+    assert!(st["networks"].as_array().is_some_and(|n| n.iter().any(|n| n["network"]["vni"].to_string() == vni2)), "{st:#}");
+
+    // Clean-up through Swarm and dockerd; the lab removes the plugins and checks for leaks.
+    h0.docker(&["rm", "-f", "a2"]);
+    h1.docker(&["rm", "-f", "b2"]);
+    h1.docker(&["service", "rm", "web"]);
+    for h in [h0, h1] {
+        lab::wait_for(&format!("web's task on {} to go", h.name), SWARM_TIMEOUT, || {
+            h.docker(&["ps", "-aq", "--filter", "label=com.docker.swarm.service.name=web"]).trim().is_empty().then_some(())
+        });
+    }
+    h1.docker(&["network", "rm", "ov", "ov2"]);
+    lab.finish();
+}

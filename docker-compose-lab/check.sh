@@ -10,14 +10,13 @@ IMG=oncache-test:latest
 fail() { echo "FAIL: $*" >&2; exit 1; }
 cleanup() {
     for n in node1 node2; do x "$n" docker rm -f chk-oc chk-ov >/dev/null 2>&1 || true; done
-    for n in node1 node2 node3; do x "$n" docker network rm chk-oc >/dev/null 2>&1 || true; done
-    x node1 docker network rm chk-ov >/dev/null 2>&1 || true
+    x node1 docker network rm chk-oc chk-ov >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 ip_in() { x "$1" docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$2"; }
 hits() { x "$1" oncache stats | awk -v p="$2" '$1 == p { print $2 }'; }
 
-echo "== oncache network (multi-host mode, VNI 4242)"
+echo "== oncache network through Swarm (oncache:latest, VNI 4242)"
 "$here/lab.sh" net chk-oc 4242 10.203.0.0/24
 x node1 docker run -d --name chk-oc --network chk-oc --pull=never $IMG sh -c 'iperf3 -s -D; exec sleep 100000' >/dev/null
 x node2 docker run -d --name chk-oc --network chk-oc --pull=never $IMG sleep 100000 >/dev/null

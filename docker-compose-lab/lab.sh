@@ -6,9 +6,9 @@
 #                                     Swarm (their entrypoints form it: node1 manager, node2/3 workers)
 #   lab.sh swarm                      form the Swarm anew (after a node was recreated, say)
 #   lab.sh net NAME VNI SUBNET [docker network create flags...]
-#                                     oncache network on all nodes: same VNI and /24 subnet,
-#                                     ip-range .64/26 on node1, .128/26 on node2, .192/26 on node3
-#   lab.sh rmnet NAME                 remove it on all nodes
+#                                     attachable oncache network through Swarm (made on node1, the
+#                                     manager: -d oncache:latest -o oncache.vni=VNI --subnet SUBNET)
+#   lab.sh rmnet NAME                 remove it
 #   lab.sh exec NODE CMD...           docker-compose exec -T NODE CMD...
 #   lab.sh check                      end-to-end check (oncache + Docker overlay), see README
 #   lab.sh down                       docker-compose down -v (removes containers, network, volumes)
@@ -53,15 +53,9 @@ wait_swarm() {
 
 net() {
     name=$1; vni=$2; subnet=$3; shift 3
-    case $subnet in *.0/24) ;; *) echo "lab.sh net: SUBNET must be a /24 (a.b.c.0/24)" >&2; exit 2;; esac
-    p=${subnet%.0/24}
-    i=0
-    for n in $NODES; do
-        i=$((i+1))
-        x "$n" docker network create -d oncache -o oncache.vni="$vni" --subnet "$subnet" \
-            --ip-range "$p.$((i*64))/26" "$@" "$name" >/dev/null
-        echo "$n: $name vni=$vni range $p.$((i*64))/26"
-    done
+    x node1 docker network create -d oncache:latest --attachable -o oncache.vni="$vni" \
+        --subnet "$subnet" "$@" "$name" >/dev/null
+    echo "$name: oncache:latest, VNI $vni, $subnet, every node (Swarm)"
 }
 
 cmd=${1:-help}; [ $# -gt 0 ] && shift
@@ -70,7 +64,7 @@ case $cmd in
     up) dc up -d; wait_ready; wait_swarm ;;
     swarm) swarm ;;
     net) net "$@" ;;
-    rmnet) for n in $NODES; do x "$n" docker network rm "$1"; done ;;
+    rmnet) x node1 docker network rm "$1" ;;
     exec) x "$@" ;;
     check) exec "$here/check.sh" ;;
     down) dc down -v --remove-orphans ;;

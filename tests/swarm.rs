@@ -2,8 +2,9 @@
 //! nodes (two managers), the managed plugin installed on each with `install.sh plugin` (scope
 //! global), an attachable oncache network made on a manager, a global dnsrr service. Then what
 //! a Swarm operator relies on: names resolve across nodes, TCP arrives intact over the fast path,
-//! a node that leaves takes its endpoints away everywhere, a leader change keeps VNIs unique, and
-//! a plugin re-created under running containers loses no packet.
+//! a plugin re-created under running containers loses no packet, a plugin killed is restarted
+//! by Docker and reconciles, a node that leaves takes its endpoints away everywhere, and a
+//! leader change keeps VNIs unique.
 
 mod lab;
 mod support;
@@ -148,6 +149,26 @@ fn swarm_drives_oncache_end_to_end() {
         h2.try_docker_exec("late", &["ping", "-c", "1", "-W", "1", &srv_ip]).ok()
     });
     assert_eq!(fetch_checksum(h2, "late", &srv_ip), sum, "TCP after the plugin re-create");
+
+    // The plugin on a manager crashes (SIGKILL): Docker starts it again, it reconciles what the
+    // kernel and its store hold, nothing is duplicated, and its task still reaches the others.
+    let links = support::oncache_links(h1);
+    let remotes = cli_json(h1, &ids[1], "status")["remote_endpoints"].clone();
+    let old = lab::cleanup::procs_in_cgroups_named(&ids[1]);
+    assert_eq!(old.len(), 1, "one process in plugin {}'s cgroup: {old:?}", ids[1]);
+    // SAFETY: a PID found in the plugin's own cgroup, signalled once.
+    assert_eq!(unsafe { libc::kill(old[0] as i32, libc::SIGKILL) }, 0);
+    lab::wait_for("Docker to restart the killed plugin", SWARM_TIMEOUT, || {
+        let now = lab::cleanup::procs_in_cgroups_named(&ids[1]);
+        (now.len() == 1 && now != old && support::managed::plugin_socket(h1, &ids[1]).exists()).then_some(())
+    });
+    lab::wait_for("the restarted plugin to know the others' endpoints again", SWARM_TIMEOUT, || {
+        support::managed::try_cli_json(h1, &ids[1], "status").ok().filter(|st| st["remote_endpoints"] == remotes)
+    });
+    assert_eq!(support::oncache_links(h1), links, "links after the plugin restart");
+    lab::wait_for("h1's task to reach h0's after the plugin restart", Duration::from_secs(20), || {
+        h1.try_docker_exec(&tasks[1], &["ping", "-c", "1", "-W", "1", &srv_ip]).ok()
+    });
 
     // The worker leaves: every endpoint behind it goes from the managers' kernels.
     assert!(!egress_towards(h0, &ids[0], h2).is_empty(), "h0 has no fast-path entry towards the worker");

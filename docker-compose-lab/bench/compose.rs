@@ -1,5 +1,5 @@
 //! The docker-compose lab as a testbed: node1 (server) and node2 (client) are containers on the
-//! machine's dockerd, each running its own dockerd and oncache daemon, joined by the compose
+//! machine's dockerd, each running its own dockerd with oncache as its managed plugin, joined by the compose
 //! network as underlay; `lab.sh up` forms the Swarm. The node image is rebuilt first with the
 //! oncache binary cargo just built, so the lab runs this checkout. Everything the benchmark brings
 //! up it takes down (`lab.sh down`), also when it fails; a dockerd it had to start it stops.
@@ -134,6 +134,16 @@ impl Testbed for Compose {
     fn host_serve(&mut self, node: usize, cmd: &[&str]) {
         // Ends with the node (`lab.sh down`).
         self.exec(node, true, cmd);
+    }
+    /// Through Swarm, as its users do: made once on node1 (the manager) with the managed plugin.
+    fn oncache_network(&self, name: &str, vni: u32, subnet: &str, opts: &[&str]) {
+        let vni = format!("oncache.vni={vni}");
+        let mut a = vec!["network", "create", "-d", "oncache:latest", "--attachable", "-o", &vni, "--subnet", subnet];
+        for o in opts {
+            a.extend(["-o", o]);
+        }
+        a.push(name);
+        self.docker(0, &a);
     }
     fn oncache_stats(&self, node: usize) -> Value {
         let out = self.exec(node, false, &["oncache", "stats", "--json"]);

@@ -39,6 +39,8 @@ pub trait Testbed {
     fn host_exec(&self, node: usize, cmd: &[&str]) -> String;
     /// Starts CMD in the background on the node itself, until the testbed is finished.
     fn host_serve(&mut self, node: usize, cmd: &[&str]);
+    /// Makes an oncache network that both nodes can use: VNI, subnet, extra `-o` options.
+    fn oncache_network(&self, name: &str, vni: u32, subnet: &str, opts: &[&str]);
     /// The node's oncache statistics (`oncache stats --json`).
     fn oncache_stats(&self, node: usize) -> Value;
     /// CPU time used so far by everything the node runs, in µs, where the node is a cgroup.
@@ -253,12 +255,8 @@ fn fast_hits(tb: &dyn Testbed, node: usize) -> u64 {
 /// Networks and containers of every configuration, and the servers in them.
 fn prepare(tb: &mut dyn Testbed) {
     tb.docker(0, &["network", "create", "-d", "overlay", "--attachable", "--subnet", "10.212.0.0/24", "bench-ov"]);
-    for node in 0..2 {
-        // One subnet across the hosts, each host allocating from its own half of it.
-        let range = |net: u32| format!("10.{net}.0.{}/25", node * 128);
-        tb.docker(node, &["network", "create", "-d", "oncache", "-o", "oncache.vni=10", "--subnet", "10.210.0.0/24", "--ip-range", &range(210), "bench-fast"]);
-        tb.docker(node, &["network", "create", "-d", "oncache", "-o", "oncache.vni=11", "-o", "oncache.fastpath=false", "--subnet", "10.211.0.0/24", "--ip-range", &range(211), "bench-slow"]);
-    }
+    tb.oncache_network("bench-fast", 10, "10.210.0.0/24", &[]);
+    tb.oncache_network("bench-slow", 11, "10.211.0.0/24", &["oncache.fastpath=false"]);
     for c in CONFIGS {
         if let Some((server, client, net)) = c.containers() {
             tb.docker(0, &["run", "-d", "--pull=never", "--name", server, "--network", net, IMAGE, "sleep", "1d"]);

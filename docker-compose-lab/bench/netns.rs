@@ -46,6 +46,21 @@ impl Testbed for Netns {
     fn host_serve(&mut self, node: usize, cmd: &[&str]) {
         self.servers.push(self.lab.host(node).spawn(cmd));
     }
+    /// oncache runs as a service here (local scope): the same network on each host, each
+    /// allocating from its own half of the /24.
+    fn oncache_network(&self, name: &str, vni: u32, subnet: &str, opts: &[&str]) {
+        let prefix = subnet.strip_suffix("0/24").unwrap_or_else(|| panic!("{subnet}: a.b.c.0/24 expected"));
+        let vni = format!("oncache.vni={vni}");
+        for node in 0..2 {
+            let range = format!("{prefix}{}/25", node * 128);
+            let mut a = vec!["network", "create", "-d", "oncache", "-o", &vni, "--subnet", subnet, "--ip-range", &range];
+            for o in opts {
+                a.extend(["-o", o]);
+            }
+            a.push(name);
+            self.docker(node, &a);
+        }
+    }
     fn oncache_stats(&self, node: usize) -> Value {
         let (code, v) = lab::post_json(&self.lab.host(node).oncache_socket(), "/Oncache.Stats", &serde_json::json!({}));
         assert_eq!(code, 200, "{v}");

@@ -5,7 +5,8 @@
 #
 # Steps: debootstrap a minimal Debian 12 rootfs (mirror: MIRROR, default deb.debian.org as in
 # /etc/apt/sources.list.d), chroot-install docker.io & tools, copy in the oncache binary of this
-# checkout (ONCACHE_BIN, or a release build), the entrypoint and the workload image tarball (tests/image), then
+# checkout (ONCACHE_BIN, or a release build), the entrypoint, packaging/ (the node installs the managed plugin
+# at start) and the workload image tarball (tests/image), then
 # `tar | docker import` (the FROM scratch equivalent). The debootstrap result is cached in
 # WORK (default /var/tmp/oncache-lab-build/base); delete it to start from scratch.
 set -eu
@@ -45,6 +46,10 @@ cp -a "$base" "$root"
 rm -f "$root/.done"
 install -m 0755 "$bin" "$root/usr/local/bin/oncache"
 install -m 0755 "$here/entrypoint.sh" "$root/usr/local/bin/entrypoint.sh"
+# What `install.sh plugin` needs to make the managed plugin inside the node.
+mkdir -p "$root/opt/oncache/packaging"
+cp "$repo/packaging/install.sh" "$root/opt/oncache/packaging/"
+cp -r "$repo/packaging/plugin" "$root/opt/oncache/packaging/plugin"
 mkdir -p "$root/opt/lab"
 # The workload image, imported as oncache-test:latest by each node's entrypoint.
 # Built inside the node rootfs, so it holds the node's own Debian binaries and libraries.

@@ -1,12 +1,13 @@
 #!/bin/sh
-# Entrypoint (PID 1) of an oncache lab node: its own dockerd and `oncache daemon`.
+# Entrypoint (PID 1) of an oncache lab node: its own dockerd with oncache as its managed plugin
+# (oncache:latest, installed by packaging/install.sh plugin, as on a real Swarm node).
 #   ADDR=10.98.0.11                 this node's underlay address
-#   PEERS="10.98.0.12 10.98.0.13"   underlay addresses of the other nodes (oncache --peer)
 #   SWARM=manager | SWARM=join:IP   init the Swarm here, or join the manager at IP (unset: neither)
+#                                   (the plugin learns its peers from Swarm's node discovery)
 #   DOCKERD_ARGS                    extra dockerd flags (default: --storage-driver=overlay2)
 # The manager serves its worker join token on ADDR:2378 (busybox httpd) for the workers to fetch:
 # no shared volume, so `docker-compose down` leaves nothing. /run/lab-ready marks a node that is
-# up and in the Swarm. On SIGTERM/SIGINT it stops dockerd, then oncache, by PID, and exits.
+# up and in the Swarm. On SIGTERM/SIGINT it stops dockerd (which stops the plugin) by PID, and exits.
 set -u
 log() { echo "entrypoint: $*" >&2; }
 
@@ -22,12 +23,6 @@ mkdir -p /sys/fs/bpf
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || log "cannot mount bpffs (fast path off)"
 mkdir -p /run/docker/plugins /var/lib/docker /var/lib/oncache
 
-peer_args=""
-for p in ${PEERS:-}; do peer_args="$peer_args --peer $p"; done
-# shellcheck disable=SC2086
-oncache daemon $peer_args >/var/log/oncache.log 2>&1 &
-ONCACHE_PID=$!
-
 # shellcheck disable=SC2086
 dockerd ${DOCKERD_ARGS:---storage-driver=overlay2} >/var/log/dockerd.log 2>&1 &
 DOCKERD_PID=$!
@@ -35,11 +30,9 @@ DOCKERD_PID=$!
 TOKEN_PID=""
 stop() {
     [ -n "$TOKEN_PID" ] && kill -TERM "$TOKEN_PID" 2>/dev/null
-    log "stopping dockerd ($DOCKERD_PID) and oncache ($ONCACHE_PID)"
+    log "stopping dockerd ($DOCKERD_PID)"
     kill -TERM "$DOCKERD_PID" 2>/dev/null
-    i=0; while kill -0 "$DOCKERD_PID" 2>/dev/null && [ $i -lt 40 ]; do sleep 0.25; i=$((i+1)); done
-    kill -TERM "$ONCACHE_PID" 2>/dev/null
-    i=0; while kill -0 "$ONCACHE_PID" 2>/dev/null && [ $i -lt 40 ]; do sleep 0.25; i=$((i+1)); done
+    i=0; while kill -0 "$DOCKERD_PID" 2>/dev/null && [ $i -lt 80 ]; do sleep 0.25; i=$((i+1)); done
     exit 0
 }
 trap stop TERM INT
@@ -53,6 +46,13 @@ until docker info >/dev/null 2>&1; do
     sleep 0.5
 done
 docker import /opt/lab/oncache-test.tar oncache-test:latest >/dev/null && log "imported oncache-test:latest"
+# The managed plugin, built from the binary and packaging/ of the checkout the image was made
+# from; scope global (Swarm), underlay = the interface of the default route.
+if ONCACHE_BIN=/usr/local/bin/oncache /opt/oncache/packaging/install.sh plugin >/var/log/oncache-install.log 2>&1; then
+    log "$(tail -1 /var/log/oncache-install.log)"
+else
+    log "install.sh plugin failed:"; tail -20 /var/log/oncache-install.log >&2
+fi
 
 case ${SWARM:-} in
     manager)
@@ -80,10 +80,10 @@ esac
 touch /run/lab-ready
 log "ready"
 
-# Wait for a signal or for either daemon to die; `wait` returns early when a trapped signal comes.
-while kill -0 "$DOCKERD_PID" 2>/dev/null && kill -0 "$ONCACHE_PID" 2>/dev/null; do
+# Wait for a signal or for dockerd to die; `wait` returns early when a trapped signal comes.
+while kill -0 "$DOCKERD_PID" 2>/dev/null; do
     sleep 1 &
     wait $!
 done
-log "a daemon exited"; tail -5 /var/log/dockerd.log /var/log/oncache.log >&2
+log "dockerd exited"; tail -5 /var/log/dockerd.log >&2
 stop

@@ -130,9 +130,14 @@ pub fn settings_env(h: &Host) -> Vec<String> {
 
 /// Any `oncache` CLI command with `--json` through the plugin's socket, parsed.
 pub fn cli_json(h: &Host, id: &str, args: &str) -> Value {
+    try_cli_json(h, id, args).unwrap_or_else(|e| panic!("oncache {args} through plugin {id}: {e}"))
+}
+
+/// [`cli_json`], or why it failed (the plugin may be restarting).
+pub fn try_cli_json(h: &Host, id: &str, args: &str) -> Result<Value, String> {
     let dir = plugin_socket(h, id).parent().unwrap().to_string_lossy().into_owned();
-    let out = h.sh(&format!("cd {dir} && {BIN} {args} --json --socket oncache.sock"));
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args} JSON ({e}): {out}"))
+    let out = h.try_sh(&format!("cd {dir} && {BIN} {args} --json --socket oncache.sock"))?;
+    serde_json::from_str(&out).map_err(|e| format!("{args} JSON ({e}): {out}"))
 }
 
 /// (egress_fast hits, ingress_fast hits) of the plugin's fast path.

@@ -27,11 +27,16 @@ fn vni_of(m: &Host, net: &str) -> String {
     m.docker(&["network", "inspect", "-f", "{{index .Options \"oncache.vni\"}}", net]).trim().to_string()
 }
 
-/// Remote endpoints the plugin's fast path sends to VTEP `vtep` (from its egress cache).
+/// Remote endpoints the plugin's fast path sends to VTEP `vtep` (from its egress cache), sorted.
 fn egress_towards(h: &Host, id: &str, vtep: &Host) -> Vec<String> {
     let ip = vtep.underlay_ip.to_string();
     let c = cli_json(h, id, "cache list");
-    c["egress"].as_array().map(|a| a.iter().filter(|e| e["vtep"] == ip.as_str()).map(|e| e["ip"].to_string()).collect()).unwrap_or_default()
+    let mut v: Vec<String> = c["egress"]
+        .as_array()
+        .map(|a| a.iter().filter(|e| e["vtep"] == ip.as_str()).filter_map(|e| e["ip"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 /// IPv4 addresses busybox nslookup printed for a name (the resolver's own address excluded).
@@ -170,9 +175,51 @@ fn swarm_drives_oncache_end_to_end() {
         h1.try_docker_exec(&tasks[1], &["ping", "-c", "1", "-W", "1", &srv_ip]).ok()
     });
 
+    // The worker's dockerd crashes and starts again (no live-restore: its containers go, Swarm
+    // starts a new task): the plugin is told about the dead endpoints or finds them itself;
+    // afterwards its links, its published endpoints and the managers' entries are exactly
+    // what runs, and the new task is reached.
+    h2.docker(&["rm", "-f", "late"]);
+    lab.host_mut(2).kill_dockerd();
+    lab.host_mut(2).restart_dockerd();
+    let (h0, h1, h2) = (lab.host(0), lab.host(1), lab.host(2));
+    let task2 = lab::wait_for("a new web task on the restarted worker", SWARM_TIMEOUT, || {
+        let t = h2.try_docker(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=web"]).ok()?;
+        t.lines().next().filter(|t| !tasks[2].starts_with(*t)).map(str::to_string)
+    });
+    let _ = h2.try_docker(&["rm", "-f", "cli"]);
+    let task2_ip = h2.container_ip(&task2, "ov").to_string();
+    let settled = lab::try_wait_for(SWARM_TIMEOUT, || {
+        let veths = support::oncache_links(h2).iter().filter(|l| l.starts_with("ocve")).count();
+        let st = support::managed::try_cli_json(h2, &id2, "status").ok()?;
+        let joined: usize = st["networks"].as_array()?.iter().map(|n| n["endpoints"].as_array().map_or(0, |e| e.iter().filter(|e| !e["sandbox"].is_null()).count())).sum();
+        (veths == 1 && joined == 1).then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "the worker's links and endpoints are not what runs: links {:?}\ncontainers {}\nstatus {:#}\n{}",
+        support::oncache_links(h2),
+        h2.docker(&["ps", "-a"]),
+        support::managed::try_cli_json(h2, &id2, "status").unwrap_or_else(|e| e.into()),
+        lab::process::tail_file(&h2.dockerd_log_path(), 80)
+    );
+    for (h, id) in [(h0, &ids[0]), (h1, &ids[1])] {
+        let held = lab::try_wait_for(SWARM_TIMEOUT, || (egress_towards(h, id, h2) == [task2_ip.clone()]).then_some(()));
+        assert!(
+            held.is_some(),
+            "{} holds {:?} towards the worker, not [{task2_ip}]\nits status {:#}\nthe worker's status {:#}",
+            h.name,
+            egress_towards(h, id, h2),
+            cli_json(h, id, "status"),
+            cli_json(h2, &id2, "status")
+        );
+    }
+    lab::wait_for("h0's task to reach the worker's new task", Duration::from_secs(20), || {
+        h0.try_docker_exec(&tasks[0], &["ping", "-c", "1", "-W", "1", &task2_ip]).ok()
+    });
+
     // The worker leaves: every endpoint behind it goes from the managers' kernels.
     assert!(!egress_towards(h0, &ids[0], h2).is_empty(), "h0 has no fast-path entry towards the worker");
-    h2.docker(&["rm", "-f", "cli", "late"]);
     h2.docker(&["swarm", "leave", "--force"]);
     for (h, id) in [(h0, &ids[0]), (h1, &ids[1])] {
         lab::wait_for(&format!("{} to forget the worker's endpoints", h.name), SWARM_TIMEOUT, || {

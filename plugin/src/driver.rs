@@ -16,6 +16,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
+mod reap;
+
 pub struct Driver {
     store: Store,
     dp: Dataplane,
@@ -119,6 +121,7 @@ impl Driver {
     pub async fn apply_view(&mut self, v: &cluster::View) -> Result<()> {
         let networks = self.store.networks()?;
         if v.resync_kernel {
+            self.reap_dead_endpoints().await?;
             // Anti-entropy with the kernel too: entries someone removed or changed by hand come
             // back, and stray ones go.
             let vnis: Vec<u32> = networks.iter().map(|n| n.vni).collect();

@@ -160,3 +160,22 @@ fn swarm_discovery_never_removes_an_operators_peer() {
         assert_eq!(peers(), json!([]));
     });
 }
+
+/// A Swarm node whose dockerd restarts joins again as a new incarnation and only then is its
+/// old incarnation declared failed (seen in tests/swarm.rs: DiscoverNew, DiscoverNew,
+/// DiscoverDelete for one address): it stays a peer; its next DiscoverDelete (it leaves) takes
+/// it away.
+#[test]
+fn a_restarted_swarm_node_stays_a_peer() {
+    on_own_thread(|| {
+        let tb = Testbed::swarm().unwrap();
+        let node = json!({"DiscoveryType": 1, "DiscoveryData": {"Address": "10.255.0.9", "BindAddress": "", "Self": false}}).to_string();
+        let peers = || tb.call("Oncache.PeerList", b"").1["Peers"].clone();
+        for call in ["NetworkDriver.DiscoverNew", "NetworkDriver.DiscoverNew", "NetworkDriver.DiscoverDelete"] {
+            assert_eq!(tb.call(call, node.as_bytes()), (200, json!({})));
+        }
+        assert_eq!(peers(), json!(["10.255.0.9"]), "the old incarnation's failure removed the node");
+        assert_eq!(tb.call("NetworkDriver.DiscoverDelete", node.as_bytes()), (200, json!({})));
+        assert_eq!(peers(), json!([]), "the node left");
+    });
+}

@@ -30,7 +30,12 @@ pub struct Driver {
     remotes: BTreeMap<cluster::view::Key, Remote>,
     /// Scope `global` (Docker Swarm) rather than `local`.
     global: bool,
+    /// Swarm peers announced again while already peers, and when (see `discover`).
+    swarm_renewed: std::collections::HashMap<IpAddr, std::time::Instant>,
 }
+
+/// How long a repeated DiscoverNew for a peer outweighs a DiscoverDelete for it.
+const SWARM_RENEW_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// An endpoint's IPv4 address, if it has one (the fast path is IPv4).
 fn ipv4_of(ep: &Endpoint) -> Option<Ipv4Addr> {
@@ -72,7 +77,7 @@ fn pools(data: &[api::IpamData]) -> Result<Vec<String>> {
 
 impl Driver {
     pub fn new(store: Store, dp: Dataplane, fast: Result<FastPath, String>, cluster: Option<Arc<Cluster>>, global: bool) -> Driver {
-        let mut d = Driver { store, dp, fast: None, fast_off: String::new(), cluster, remotes: BTreeMap::new(), global };
+        let mut d = Driver { store, dp, fast: None, fast_off: String::new(), cluster, remotes: BTreeMap::new(), global, swarm_renewed: Default::default() };
         d.set_fast(fast);
         d
     }
@@ -517,8 +522,18 @@ impl Driver {
             return Ok(());
         }
         let ip: IpAddr = node.address.parse().with_context(|| format!("discovered node address {:?}", node.address))?;
+        // Swarm speaks of node incarnations, we of addresses: a node whose dockerd restarts
+        // joins again (DiscoverNew) and only then is its old incarnation declared failed
+        // (DiscoverDelete), seconds later. A Delete soon after such a renewal is the old
+        // incarnation's, and the node stays.
         if new {
+            if self.store.peers()?.contains(&ip) {
+                self.swarm_renewed.insert(ip, std::time::Instant::now());
+            }
             self.add_peer_from(ip, PeerSource::Swarm).await
+        } else if self.swarm_renewed.remove(&ip).is_some_and(|t| t.elapsed() < SWARM_RENEW_WINDOW) {
+            log::info!("peer {ip} stays: Swarm announced a new incarnation of it before this DiscoverDelete");
+            Ok(())
         } else {
             self.withdraw_peer(ip, Some(PeerSource::Swarm)).await
         }

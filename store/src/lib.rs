@@ -175,8 +175,7 @@ impl Store {
         let key = ip.to_string();
         let had = self.peers.get(key.as_bytes())?;
         let mut sources = had.as_deref().map(sources_of).unwrap_or_default();
-        // Swarm's claims are counted (see PeerSource::Swarm); the operator's is one.
-        if source == PeerSource::Swarm || !sources.contains(&source) {
+        if !sources.contains(&source) {
             sources.push(source);
             self.peers.insert(key.as_bytes(), serde_json::to_vec(&sources).expect("serializes"))?;
             self.flush()?;
@@ -184,20 +183,13 @@ impl Store {
         Ok(had.is_none())
     }
 
-    /// Withdraws one of `source`'s claims on a peer (`None`: every claim, as the operator's
-    /// `peer rm` does). Returns true when the peer is gone now, having been there.
+    /// Withdraws `source`'s claim on a peer (`None`: every claim, as the operator's `peer rm`
+    /// does). Returns true when the peer is gone now, having been there.
     pub fn remove_peer(&self, ip: IpAddr, source: Option<PeerSource>) -> Result<bool> {
         let key = ip.to_string();
         let Some(had) = self.peers.get(key.as_bytes())? else { return Ok(false) };
         let mut sources = sources_of(&had);
-        match source {
-            Some(only) => {
-                if let Some(i) = sources.iter().position(|s| *s == only) {
-                    sources.remove(i);
-                }
-            }
-            None => sources.clear(),
-        }
+        sources.retain(|s| source.is_some_and(|only| *s != only));
         if sources.is_empty() {
             self.peers.remove(key.as_bytes())?;
         } else {
@@ -209,10 +201,7 @@ impl Store {
 }
 
 /// Who named a peer: an operator (`--peer`, `oncache peer add`) or Docker Swarm's discovery. A
-/// Swarm event never removes an operator's peer. Swarm announces node *incarnations*: a node
-/// whose dockerd restarts joins again (DiscoverNew) before its old incarnation is declared
-/// failed (DiscoverDelete), so each Swarm announcement is a claim of its own, and the peer
-/// stays while any is left.
+/// Swarm event never removes an operator's peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PeerSource {

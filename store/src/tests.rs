@@ -165,19 +165,3 @@ fn a_swarm_event_never_removes_an_operators_peer() {
     assert!(s.remove_peer(b, None).unwrap());
     assert_eq!(s.peers().unwrap(), [a]);
 }
-
-#[test]
-fn a_restarted_swarm_node_stays_a_peer() {
-    // What Swarm sent when a node's dockerd restarted: the new incarnation joined, then the
-    // old one was declared failed (tests/swarm.rs saw this order).
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path()).unwrap();
-    let n: IpAddr = "10.99.0.3".parse().unwrap();
-    assert!(s.add_peer(n, PeerSource::Swarm).unwrap());
-    assert!(!s.add_peer(n, PeerSource::Swarm).unwrap());
-    assert!(!s.remove_peer(n, Some(PeerSource::Swarm)).unwrap(), "the new incarnation's claim stays");
-    assert_eq!(s.peers().unwrap(), [n]);
-    // It leaves the swarm: its last incarnation fails or leaves.
-    assert!(s.remove_peer(n, Some(PeerSource::Swarm)).unwrap());
-    assert!(s.peers().unwrap().is_empty());
-}

@@ -135,6 +135,12 @@ plugin_install() {
     esac
     echo "status: $(basename "$bin") status --socket $sock"
     echo "try: docker network create -d $name --subnet 10.201.0.0/24 n1"
+    # Swarm tells a plugin enabled on a node already in a swarm about that node only; it
+    # announces the others when dockerd (re)starts or when they join.
+    if [ "$(docker info -f '{{.Swarm.LocalNodeState}}' 2>/dev/null)" = active ] && grep -q '"peers": \[\]' <<<"$st"; then
+        echo "oncache: note: this node is in a Swarm and the plugin knows no other node yet: restart dockerd" \
+             "(systemctl restart docker) so that Swarm announces them, or set ONCACHE_PEERS=addr,addr"
+    fi
 }
 
 case "${1:-install}" in

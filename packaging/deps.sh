@@ -24,6 +24,10 @@ if [ "${1:-}" = "--test" ]; then
     # The docker-compose lab: Debian's docker-compose, and debootstrap for its node image.
     have docker-compose || need+=(docker-compose)
     have debootstrap || need+=(debootstrap)
+    # tests/cni.rs: a real CNI client (podman with its CNI backend) and Debian's CNI plugins
+    # (portmap, chained after oncache), in /usr/lib/cni.
+    have podman || need+=(podman)
+    [ -x /usr/lib/cni/portmap ] || need+=(containernetworking-plugins)
 fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "oncache: installing Debian packages: ${need[*]}"

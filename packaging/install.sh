@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds, installs and starts oncache so that `docker network create -d oncache` works.
+# Builds, installs and starts oncache so that `docker network create -d oncache` works, and
+# installs it as the CNI plugin `oncache` for containerd/nerdctl and podman (see CNI_DIR).
 #   packaging/install.sh            build, install, start (and start Docker if it is not running)
 #   packaging/install.sh stop       stop the daemon (the overlay's links stay up)
-#   packaging/install.sh uninstall  stop it and remove the binary, unit and its links
+#   packaging/install.sh uninstall  stop it and remove the binary, unit, CNI plugin and its links
 #   packaging/install.sh image      import the demo image oncache-demo:latest (busybox, iperf3,
 #                                   sockperf) into the Docker that DOCKER_HOST names; no registry
 #   packaging/install.sh plugin [SETTING=VALUE...]
@@ -25,6 +26,26 @@ PIDFILE=/run/oncache.pid
 LOG=/var/log/oncache.log
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 systemd() { [ -d /run/systemd/system ]; }
+# The CNI plugin folder of Debian's runtimes and plugins (created if absent), and the folders
+# nerdctl prefers to it (it uses the first that exists): the plugin goes into those only when they
+# already exist; creating one would hide Debian's plugins from nerdctl.
+CNI_DIR=/usr/lib/cni
+CNI_FIRST=(/opt/cni/bin /usr/local/libexec/cni /usr/local/lib/cni /usr/libexec/cni)
+cni_install() {
+    local d
+    install -d -m 0755 "$CNI_DIR"
+    ln -sfn "$BIN" "$CNI_DIR/oncache"
+    for d in "${CNI_FIRST[@]}"; do
+        if [ -d "$d" ]; then ln -sfn "$BIN" "$d/oncache"; fi
+    done
+    echo "oncache: CNI plugin installed as $CNI_DIR/oncache (try: oncache cni add-network oc1 --subnet 10.220.0.0/24)"
+}
+cni_uninstall() {
+    local d
+    for d in "$CNI_DIR" "${CNI_FIRST[@]}"; do
+        if [ -L "$d/oncache" ] && [ "$(readlink "$d/oncache")" = "$BIN" ]; then rm -f "$d/oncache"; fi
+    done
+}
 
 stop() {
     if systemd && systemctl is-active -q oncache 2>/dev/null; then systemctl stop oncache; fi
@@ -149,6 +170,7 @@ uninstall)
     stop
     if systemd; then systemctl disable -q oncache 2>/dev/null || true; fi
     [ -x "$BIN" ] && "$BIN" uninstall
+    cni_uninstall
     rm -f "$UNIT" "$BIN"
     echo "oncache uninstalled (state kept in /var/lib/oncache; remove it to forget networks)"
     exit 0 ;;
@@ -180,6 +202,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --locked -p oncache
 stop
 install -m 0755 target/release/oncache "$BIN"
+cni_install
 
 if systemd; then
     install -m 0644 packaging/oncache.service "$UNIT"

@@ -12,6 +12,17 @@ use std::path::{Path, PathBuf};
 /// One request on a fresh connection; returns the status and the body.
 async fn exchange(socket: &Path, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes)> {
     let stream = tokio::net::UnixStream::connect(socket).await?;
+    exchange_on(stream, req).await
+}
+
+/// `POST /<method>` with a JSON body on a connection the caller made (so that it can tell a
+/// daemon that is not there from one that failed); returns the status and the body.
+pub async fn post_on(stream: tokio::net::UnixStream, method: &str, body: Vec<u8>) -> Result<(StatusCode, Bytes)> {
+    let req = Request::post(format!("/{method}")).header("Host", "oncache").body(Full::new(Bytes::from(body)))?;
+    exchange_on(stream, req).await
+}
+
+async fn exchange_on(stream: tokio::net::UnixStream, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes)> {
     let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let resp = tx.send_request(req).await?;

@@ -68,3 +68,44 @@ pub struct NetworkRemove {
     #[serde(rename = "Force", default)]
     pub force: bool,
 }
+
+/// A CNI call, forwarded by the `oncache` CNI plugin binary: `CNI_COMMAND` and the rest of its
+/// environment, and the network configuration it read on stdin.
+pub const CNI: &str = "Oncache.Cni";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CniRequest {
+    /// ADD, DEL, CHECK, STATUS or GC.
+    pub command: String,
+    #[serde(default)]
+    pub container_id: String,
+    /// `CNI_NETNS` as the runtime gave it (may be empty for DEL).
+    #[serde(default)]
+    pub netns: String,
+    /// The plugin process holds `CNI_NETNS` open as this descriptor while it waits: the daemon
+    /// opens it through /proc/<the caller's pid>/fd/, which works whatever mount namespace the
+    /// runtime put the path in.
+    #[serde(default)]
+    pub netns_fd: Option<i32>,
+    #[serde(default)]
+    pub ifname: String,
+    /// `CNI_ARGS`: `KEY=VALUE;...`.
+    #[serde(default)]
+    pub args: String,
+    /// The network configuration (one plugin's entry of the conflist, with `name`,
+    /// `cniVersion`, `runtimeConfig`, `prevResult`), as received.
+    #[serde(default)]
+    pub config: serde_json::Value,
+    /// When a DEL was queued because the daemon did not answer (ms since the Unix epoch).
+    #[serde(default)]
+    pub queued_at: Option<u64>,
+}
+
+/// The daemon's answer to a CNI call: the result to print, or a CNI error.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CniReply {
+    #[serde(default)]
+    pub result: Option<serde_json::Value>,
+    #[serde(default)]
+    pub error: Option<crate::cni::spec::Error>,
+}

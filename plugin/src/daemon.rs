@@ -108,6 +108,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let (held, holding) = tokio::sync::oneshot::channel();
     let start = {
         let plugin = plugin.clone();
+        let state_dir = cfg.state_dir.clone();
         tokio::spawn(async move {
             let mut d = plugin.driver.lock().await;
             let _ = held.send(());
@@ -116,6 +117,11 @@ pub async fn run(cfg: Config) -> Result<()> {
                 d.add_peer(*p).await.with_context(|| format!("--peer {p}"))?;
             }
             d.reconcile().await.context("reconciling the kernel with the stored state")?;
+            // DELs a CNI runtime made while the daemon was down (before any new call).
+            let applied = crate::cni::serve::apply_queue(&mut d, &state_dir).await;
+            if applied > 0 {
+                log::info!("applied {applied} queued CNI DELs");
+            }
             anyhow::Ok(())
         })
     };

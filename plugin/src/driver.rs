@@ -11,7 +11,7 @@ use crate::fastpath::{self, FastPath};
 use crate::{naming, options};
 use anyhow::{anyhow, bail, Context, Result};
 use libnetwork_api::driver as api;
-use oncache_store::{Endpoint, Network, PeerSource, Store};
+use oncache_store::{CniOwner, Endpoint, Ipam, Network, PeerSource, Store};
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -36,6 +36,83 @@ pub struct Driver {
 
 /// How long a repeated DiscoverNew for a peer outweighs a DiscoverDelete for it.
 const SWARM_RENEW_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A network as the core takes it, whichever front end asks: the Docker front end translates
+/// libnetwork's CreateNetwork (Docker's network ID, `-o` options, the IPAM pools dockerd chose),
+/// the CNI front end a conflist (its name and VNI; oncache allocating the addresses).
+#[derive(Debug, Clone)]
+pub struct NetworkSpec {
+    /// The store key: Docker's network ID, or [`naming::cni_network_id`].
+    pub id: String,
+    pub vni: Option<u32>,
+    pub mtu: Option<u32>,
+    pub fastpath: bool,
+    pub ipv4_pools: Vec<String>,
+    pub ipv6_pools: Vec<String>,
+    /// What the user gave, kept for inspection; `oncache.vni` marks a VNI chosen on purpose.
+    pub options: BTreeMap<String, String>,
+    /// Set when oncache hands out the addresses itself.
+    pub ipam: Option<Ipam>,
+}
+
+/// An endpoint whose front end moves the container end itself (Docker: dockerd), with the
+/// address the front end's IPAM chose.
+#[derive(Debug, Clone)]
+pub struct EndpointSpec {
+    pub id: String,
+    pub network_id: String,
+    /// CIDR strings, as the front end gave them (checked here).
+    pub ipv4: Option<String>,
+    pub ipv6: Option<String>,
+    /// Else derived from the IPv4 address (02:42 + address), else random.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// A container interface to attach, from a front end that does not move links itself (CNI):
+/// the core allocates the address, makes the links and puts them in the container.
+pub struct AttachSpec<'a> {
+    pub network_id: &'a str,
+    pub owner: CniOwner,
+    /// The container's network namespace, open.
+    pub netns: &'a std::fs::File,
+    /// A requested address (else one is allocated) and MAC (else derived from the address).
+    pub ip: Option<Ipv4Addr>,
+    pub mac: Option<[u8; 6]>,
+}
+
+/// What [`Driver::attach`] made.
+#[derive(Debug)]
+pub struct Attached {
+    pub endpoint: Endpoint,
+    pub host_veth: String,
+    pub host_mac: [u8; 6],
+    /// The container's address with the subnet's prefix length, and the gateway.
+    pub ip: Cidr,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// A request that cannot be served as asked (a front end reports it as the caller's mistake).
+#[derive(Debug)]
+pub struct Invalid(pub String);
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+fn invalid(msg: impl Into<String>) -> anyhow::Error {
+    Invalid(msg.into()).into()
+}
+
+fn v4(c: &Cidr) -> Option<Ipv4Addr> {
+    match c.addr {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
+    }
+}
 
 /// An endpoint's IPv4 address, if it has one (the fast path is IPv4).
 fn ipv4_of(ep: &Endpoint) -> Option<Ipv4Addr> {
@@ -64,7 +141,7 @@ fn addrs_of(ep: &Endpoint) -> Vec<IpAddr> {
     [&ep.ipv4, &ep.ipv6].into_iter().flatten().filter_map(|a| Cidr::parse(a).ok()).map(|c| c.addr).collect()
 }
 
-fn spec(n: &Network) -> NetSpec {
+fn net_spec(n: &Network) -> NetSpec {
     NetSpec { vni: n.vni, mtu: n.mtu }
 }
 
@@ -223,77 +300,145 @@ impl Driver {
         }
     }
 
+    /// Docker's CreateNetwork: libnetwork's request translated into the core's [`NetworkSpec`].
     pub async fn create_network(&mut self, req: &api::CreateNetworkRequest) -> Result<()> {
         checked("network", &req.network_id)?;
         let given = req.generic_options().map_err(|e| anyhow!(e))?;
         let opts = options::parse(&given).map_err(|e| anyhow!(e))?;
-        let ipv4_pools = pools(&req.ipv4_data)?;
-        let ipv6_pools = pools(&req.ipv6_data)?;
+        let spec = NetworkSpec {
+            id: req.network_id.clone(),
+            vni: opts.vni,
+            mtu: opts.mtu,
+            fastpath: opts.fastpath,
+            ipv4_pools: pools(&req.ipv4_data)?,
+            ipv6_pools: pools(&req.ipv6_data)?,
+            options: given,
+            ipam: None,
+        };
+        self.create(spec).await.map(|_| ())
+    }
 
-        if let Some(n) = self.store.network(&req.network_id)? {
-            // dockerd retries CreateNetwork after a failed attempt; converge, don't fail.
-            self.dp.ensure_network(spec(&n)).await?;
-            return Ok(());
+    /// The core of every front end's network creation: validates a network against the others
+    /// (VNI, overlapping subnets), allocates what was not given (VNI, conntrack zone), stores it
+    /// and makes its bridge and VXLAN device. A network that exists already is converged, not
+    /// refused (dockerd retries CreateNetwork after a failed attempt).
+    pub async fn create(&mut self, spec: NetworkSpec) -> Result<Network> {
+        if let Some(n) = self.store.network(&spec.id)? {
+            self.dp.ensure_network(net_spec(&n)).await?;
+            self.ensure_gateway(&n).await?;
+            return Ok(n);
         }
         let others = self.store.networks()?;
-        if let Some(v) = opts.vni {
+        if let Some(v) = spec.vni {
             if let Some(o) = others.iter().find(|o| o.vni == v) {
-                bail!("VNI {v} is already used by network {}", o.id);
+                return Err(invalid(format!("VNI {v} is already used by network {}", o.id)));
             }
         }
-        for p in ipv4_pools.iter().chain(&ipv6_pools) {
+        for p in spec.ipv4_pools.iter().chain(&spec.ipv6_pools) {
             let c = Cidr::parse(p).map_err(|e| anyhow!(e))?;
             // Overlapping subnets are separate segments only when both sides chose their VNI:
             // then the operator deliberately keeps them apart (tenants, test networks).
-            for o in others.iter().filter(|o| opts.vni.is_none() || !o.options.contains_key(options::VNI)) {
+            for o in others.iter().filter(|o| spec.vni.is_none() || !o.options.contains_key(options::VNI)) {
                 if let Some(q) = o.ipv4_pools.iter().chain(&o.ipv6_pools).find(|q| {
                     Cidr::parse(q).map(|q| q.overlaps(&c)).unwrap_or(false)
                 }) {
-                    bail!(
+                    return Err(invalid(format!(
                         "subnet {p} overlaps subnet {q} of oncache network {} (networks given explicit, different {} values may overlap)",
                         o.id,
                         options::VNI
-                    );
+                    )));
                 }
             }
         }
         let used: Vec<u32> = others.iter().map(|o| o.vni).collect();
-        let vni = match opts.vni {
+        let vni = match spec.vni {
             Some(v) => v,
             None => options::allocate_vni(&used).ok_or_else(|| anyhow!("no free VNI left"))?,
         };
-        let mtu = options::mtu(opts.mtu, self.dp.underlay.mtu).map_err(|e| anyhow!(e))?;
+        let mtu = options::mtu(spec.mtu, self.dp.underlay.mtu).map_err(invalid)?;
         let zones: Vec<u16> = others.iter().map(|o| o.zone).collect();
         let zone = options::allocate_zone(vni, &zones).ok_or_else(|| anyhow!("no free conntrack zone left on this host"))?;
         let n = Network {
-            id: req.network_id.clone(),
+            id: spec.id,
             vni,
             mtu,
-            ipv4_pools,
-            ipv6_pools,
-            fastpath: opts.fastpath,
-            options: given,
+            ipv4_pools: spec.ipv4_pools,
+            ipv6_pools: spec.ipv6_pools,
+            fastpath: spec.fastpath,
+            options: spec.options,
             created: now(),
             zone,
+            ipam: spec.ipam,
         };
         self.store.put_network(&n)?;
         if let Err(e) = self.dp.add_zone(vni, zone) {
             log::warn!("network {}: {e:#}; its connections share the host's conntrack zone", n.id);
         }
-        if let Err(e) = self.dp.ensure_network(spec(&n)).await {
+        let made = async {
+            self.dp.ensure_network(net_spec(&n)).await?;
+            self.ensure_gateway(&n).await
+        };
+        if let Err(e) = made.await {
             // Leave neither a record nor half-made links or rules behind a failed create.
             self.dp.remove_zone(vni, zone);
+            if let (Some(_), Some(subnet)) = (&n.ipam, n.ipv4_pools.first()) {
+                self.dp.remove_gateway_rules(vni, subnet);
+            }
             let _ = self.dp.remove_network(vni).await;
             self.store.delete_network(&n.id)?;
             return Err(e);
         }
         self.sync_fast_networks()?;
         log::info!("network {} created: VNI {vni}, MTU {mtu}, fast path {}", n.id, if n.fastpath { "on" } else { "off" });
+        Ok(n)
+    }
+
+    /// The gateway address of a network whose addresses oncache manages, on its bridge.
+    async fn ensure_gateway(&self, n: &Network) -> Result<()> {
+        let Some(ipam) = &n.ipam else { return Ok(()) };
+        let gw = Cidr::parse(&ipam.gateway).map_err(|e| anyhow!("network {}: gateway: {e}", n.id))?;
+        match gw.addr {
+            IpAddr::V4(a) => self.dp.ensure_gateway(n.vni, a, gw.prefix).await?,
+            IpAddr::V6(_) => bail!("network {}: only IPv4 gateways are supported", n.id),
+        }
+        if let Some(subnet) = n.ipv4_pools.first() {
+            if let Err(e) = self.dp.add_gateway_rules(n.vni, subnet) {
+                log::warn!("network {}: {e:#}; its containers may not reach the outside", n.id);
+            }
+        }
         Ok(())
     }
 
+    /// A network as a front end that names networks itself (CNI: conflist name and VNI) wants
+    /// it: created when missing, converged when it matches, re-made when it differs and has
+    /// no endpoints; a network in use that differs is refused, naming the difference.
+    pub async fn ensure_network(&mut self, spec: NetworkSpec) -> Result<Network> {
+        if let Some(n) = self.store.network(&spec.id)? {
+            let same = Some(n.vni) == spec.vni && n.ipv4_pools == spec.ipv4_pools && n.ipv6_pools == spec.ipv6_pools && n.ipam == spec.ipam
+                && n.fastpath == spec.fastpath
+                && options::mtu(spec.mtu, self.dp.underlay.mtu).ok() == Some(n.mtu);
+            if !same {
+                let used = self.store.endpoints_of(&n.id)?.len();
+                if used > 0 {
+                    return Err(invalid(format!(
+                        "network {} exists here with VNI {}, subnets {:?}, {:?}, and {used} attachment(s); the configuration now asks for VNI {:?}, subnets {:?}, {:?}: remove its containers first",
+                        n.id, n.vni, n.ipv4_pools, n.ipam, spec.vni, spec.ipv4_pools, spec.ipam
+                    )));
+                }
+                log::info!("network {}: configuration changed, re-making it", n.id);
+                self.drop_network(&n.id).await?;
+            }
+        }
+        self.create(spec).await
+    }
+
     pub async fn delete_network(&mut self, id: &str) -> Result<()> {
-        let Some(n) = self.store.network(checked("network", id)?)? else {
+        self.drop_network(checked("network", id)?).await
+    }
+
+    /// Removes a network (any front end's), its endpoints' links and records with it.
+    async fn drop_network(&mut self, id: &str) -> Result<()> {
+        let Some(n) = self.store.network(id)? else {
             return Ok(());
         };
         // dockerd deletes endpoints first; an operator's forced removal may not have.
@@ -307,6 +452,9 @@ impl Driver {
         }
         self.dp.remove_network(n.vni).await?;
         self.dp.remove_zone(n.vni, n.zone);
+        if let (Some(_), Some(subnet)) = (&n.ipam, n.ipv4_pools.first()) {
+            self.dp.remove_gateway_rules(n.vni, subnet);
+        }
         self.store.delete_network(id)?;
         self.publish().await?;
         log::info!("network {id} deleted (VNI {})", n.vni);
@@ -354,62 +502,82 @@ impl Driver {
 
     /// An operator removes a network that dockerd no longer has (`oncache network rm`).
     pub async fn remove_network(&mut self, id: &str, force: bool) -> Result<()> {
-        let n = self.network(checked("network", id)?)?;
+        if let Some(name) = id.strip_prefix("cni:") {
+            naming::check_cni_name(name).map_err(|e| anyhow!(e))?;
+        } else {
+            checked("network", id)?;
+        }
+        let n = self.network(id)?;
         let joined = self.store.endpoints_of(&n.id)?.iter().filter(|e| e.sandbox.is_some()).count();
         if joined > 0 && !force {
             bail!("network {id} still has {joined} joined endpoint(s); stop those containers first, or force it");
         }
-        self.delete_network(id).await
+        self.drop_network(id).await
     }
 
+    /// Docker's CreateEndpoint: libnetwork's request translated into the core's
+    /// [`EndpointSpec`] (the address dockerd's IPAM chose, the MAC it may set).
     pub async fn create_endpoint(&self, req: &api::CreateEndpointRequest) -> Result<api::CreateEndpointResponse> {
         checked("endpoint", &req.endpoint_id)?;
-        let n = self.network(checked("network", &req.network_id)?)?;
+        checked("network", &req.network_id)?;
         let iface = req.interface.clone().unwrap_or_default();
-        let ipv4 = (!iface.address.is_empty()).then_some(iface.address.as_str());
-        let ipv6 = (!iface.address_ipv6.is_empty()).then_some(iface.address_ipv6.as_str());
-        for a in ipv4.iter().chain(ipv6.iter()) {
-            Cidr::parse(a).map_err(|e| anyhow!("endpoint address: {e}"))?;
-        }
-        let mac = if iface.mac_address.is_empty() {
-            match ipv4.map(|a| Cidr::parse(a).map(|c| c.addr)) {
-                Some(Ok(IpAddr::V4(ip))) => naming::mac_for(ip),
-                _ => random_mac(),
-            }
-        } else {
-            naming::parse_mac(&iface.mac_address).map_err(|e| anyhow!(e))?
+        let given = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let mac = match given(&iface.mac_address) {
+            Some(m) => Some(naming::parse_mac(&m).map_err(|e| anyhow!(e))?),
+            None => None,
         };
-        let existing = self.store.endpoint(&req.endpoint_id)?;
-        let ep = match existing {
-            Some(e) if e.network_id == n.id => e,
-            Some(e) => bail!("endpoint {} already belongs to network {}", e.id, e.network_id),
-            None => {
-                if let Some(other) = self.tag_owner(&req.endpoint_id)? {
-                    bail!(
-                        "endpoint ID {} shares its first characters ({}) with endpoint {other}: oncache names the endpoint's links by them",
-                        req.endpoint_id,
-                        naming::ep_tag(&req.endpoint_id)
-                    );
-                }
-                let e = Endpoint {
-                    id: req.endpoint_id.clone(),
-                    network_id: n.id.clone(),
-                    ipv4: ipv4.map(String::from),
-                    ipv6: ipv6.map(String::from),
-                    mac: naming::format_mac(mac),
-                    sandbox: None,
-                    joined_at: 0,
-                };
-                self.store.put_endpoint(&e)?;
-                e
-            }
+        let spec = EndpointSpec {
+            id: req.endpoint_id.clone(),
+            network_id: req.network_id.clone(),
+            ipv4: given(&iface.address),
+            ipv6: given(&iface.address_ipv6),
+            mac,
         };
+        let ep = self.add_endpoint(spec)?;
         // dockerd rejects a response that repeats a field it set itself.
         let interface = iface.mac_address.is_empty().then(|| api::EndpointInterface {
             mac_address: ep.mac.clone(),
             ..Default::default()
         });
         Ok(api::CreateEndpointResponse { interface })
+    }
+
+    /// The core of an endpoint whose front end moves its links itself (Docker): checked and
+    /// stored before it is acknowledged; the same request again returns what is stored.
+    pub fn add_endpoint(&self, spec: EndpointSpec) -> Result<Endpoint> {
+        let n = self.network(&spec.network_id)?;
+        for a in spec.ipv4.iter().chain(spec.ipv6.iter()) {
+            Cidr::parse(a).map_err(|e| anyhow!("endpoint address: {e}"))?;
+        }
+        let mac = spec.mac.unwrap_or_else(|| match spec.ipv4.as_deref().map(|a| Cidr::parse(a).map(|c| c.addr)) {
+            Some(Ok(IpAddr::V4(ip))) => naming::mac_for(ip),
+            _ => random_mac(),
+        });
+        match self.store.endpoint(&spec.id)? {
+            Some(e) if e.network_id == n.id => Ok(e),
+            Some(e) => bail!("endpoint {} already belongs to network {}", e.id, e.network_id),
+            None => {
+                if let Some(other) = self.tag_owner(&spec.id)? {
+                    bail!(
+                        "endpoint ID {} shares its first characters ({}) with endpoint {other}: oncache names the endpoint's links by them",
+                        spec.id,
+                        naming::ep_tag(&spec.id)
+                    );
+                }
+                let e = Endpoint {
+                    id: spec.id,
+                    network_id: n.id.clone(),
+                    ipv4: spec.ipv4,
+                    ipv6: spec.ipv6,
+                    mac: naming::format_mac(mac),
+                    sandbox: None,
+                    joined_at: 0,
+                    cni: None,
+                };
+                self.store.put_endpoint(&e)?;
+                Ok(e)
+            }
+        }
     }
 
     pub async fn endpoint_oper_info(&self, req: &api::EndpointOperInfoRequest) -> Result<api::EndpointOperInfoResponse> {
@@ -443,30 +611,35 @@ impl Driver {
         Ok(())
     }
 
+    /// Docker's Join: the core's [`join_endpoint`](Self::join_endpoint), answered with the
+    /// container end for dockerd to move.
     pub async fn join(&mut self, req: &api::JoinRequest) -> Result<api::JoinResponse> {
-        let mut ep = self
-            .store
-            .endpoint(checked("endpoint", &req.endpoint_id)?)?
-            .ok_or_else(|| anyhow!("endpoint {} not found (CreateEndpoint first)", req.endpoint_id))?;
-        let n = self.network(&ep.network_id)?;
-        self.dp.ensure_network(spec(&n)).await?;
-        let answer = |src: String| api::JoinResponse {
+        let src = self.join_endpoint(checked("endpoint", &req.endpoint_id)?, &req.sandbox_key).await?;
+        Ok(api::JoinResponse {
             // No gateway: Docker connects the container to docker_gwbridge for outside traffic.
             interface_name: api::InterfaceName { src_name: src, dst_prefix: "eth".into() },
             ..Default::default()
-        };
+        })
+    }
+
+    /// Joins a stored endpoint to a sandbox: its veth pair on the bridge (the front end moves
+    /// the container end, named as returned), the fast path, the announcement.
+    pub async fn join_endpoint(&mut self, id: &str, sandbox: &str) -> Result<String> {
+        let mut ep = self.store.endpoint(id)?.ok_or_else(|| anyhow!("endpoint {id} not found (CreateEndpoint first)"))?;
+        let n = self.network(&ep.network_id)?;
+        self.dp.ensure_network(net_spec(&n)).await?;
         let src = naming::veth_peer(&ep.id);
-        if ep.sandbox.as_deref() == Some(req.sandbox_key.as_str()) && self.dp.link_index(&naming::veth_host(&ep.id)).await?.is_some() {
+        if ep.sandbox.as_deref() == Some(sandbox) && self.dp.link_index(&naming::veth_host(&ep.id)).await?.is_some() {
             // A repeated Join: the container end may already be in the sandbox; keep it.
             self.dp.reattach_veth(&ep.id, n.vni).await?;
             if let Err(e) = self.plug_fast(&ep, &n).await {
                 log::warn!("endpoint {}: fast path not attached, slow path only: {e:#}", ep.id);
             }
-            return Ok(answer(src));
+            return Ok(src);
         }
         let mac = naming::parse_mac(&ep.mac).map_err(|e| anyhow!(e))?;
-        let src = self.dp.ensure_veth(&ep.id, spec(&n), mac).await?;
-        ep.sandbox = Some(req.sandbox_key.clone());
+        let src = self.dp.ensure_veth(&ep.id, net_spec(&n), mac).await?;
+        ep.sandbox = Some(sandbox.to_string());
         ep.joined_at = now_ms();
         if let Err(e) = self.store.put_endpoint(&ep) {
             let _ = self.dp.remove_veth(&ep.id).await;
@@ -479,8 +652,145 @@ impl Driver {
             log::warn!("endpoint {}: fast path not attached, slow path only: {e:#}", ep.id);
         }
         self.publish().await?;
-        log::info!("endpoint {} joined {} via {src}", ep.id, req.sandbox_key);
-        Ok(answer(src))
+        log::info!("endpoint {} joined {sandbox} via {src}", ep.id);
+        Ok(src)
+    }
+
+    /// Attaches a container interface (CNI ADD): the address (requested, the one it had, or
+    /// the lowest free in this host's range), the MAC, the record, the links in the container's
+    /// namespace, the fast path and the announcement to the other hosts. An attachment that
+    /// exists is replaced: its links go first.
+    pub async fn attach(&mut self, a: AttachSpec<'_>) -> Result<Attached> {
+        let n = self.network(a.network_id)?;
+        let ipam = n.ipam.clone().ok_or_else(|| anyhow!("network {} gets its addresses from Docker, not from oncache", n.id))?;
+        let subnet = n.ipv4_pools.first().map(|p| Cidr::parse(p)).transpose().map_err(|e| anyhow!(e))?;
+        let subnet = subnet.ok_or_else(|| anyhow!("network {} has no IPv4 subnet", n.id))?;
+        let gw = Cidr::parse(&ipam.gateway).map_err(|e| anyhow!(e))?;
+        let gateway = v4(&gw);
+        let id = naming::cni_endpoint_id(&a.owner.container_id, &a.owner.ifname);
+        if let Some(other) = self.tag_owner(&id)? {
+            bail!("attachment {id} shares its link names ({}) with endpoint {other}", naming::veth_host(&id));
+        }
+        let old = self.store.endpoint(&id)?;
+        let kept = old.as_ref().filter(|o| o.network_id == n.id).and_then(ipv4_of);
+        if old.is_some() {
+            log::info!("attachment {id} ({} {}) exists: replacing it", a.owner.container_id, a.owner.ifname);
+            self.delete_endpoint(&id).await?;
+        }
+        let others: Vec<Endpoint> = self.store.endpoints_of(&n.id)?;
+        let taken = |ip: Ipv4Addr| {
+            others.iter().any(|e| ipv4_of(e) == Some(ip)) || self.remotes.contains_key(&(n.vni, IpAddr::V4(ip))) || Some(ip) == gateway
+        };
+        let ip = match a.ip {
+            Some(ip) => {
+                if !subnet.overlaps(&Cidr { addr: IpAddr::V4(ip), prefix: 32 }) {
+                    return Err(invalid(format!("requested address {ip} is outside the subnet {subnet} of network {}", n.id)));
+                }
+                if taken(ip) {
+                    return Err(invalid(format!("requested address {ip} is already in use on network {}", n.id)));
+                }
+                ip
+            }
+            None => match kept.filter(|ip| !taken(*ip)) {
+                Some(ip) => ip,
+                None => {
+                    let range = Cidr::parse(&ipam.range).map_err(|e| anyhow!(e))?;
+                    free_address(&subnet, &range, &taken)
+                        .ok_or_else(|| anyhow!("no free address left in {} (network {})", ipam.range, n.id))?
+                }
+            },
+        };
+        let mac = a.mac.unwrap_or_else(|| naming::mac_for(ip));
+        let cidr = Cidr { addr: IpAddr::V4(ip), prefix: subnet.prefix };
+        let ep = Endpoint {
+            id: id.clone(),
+            network_id: n.id.clone(),
+            ipv4: Some(cidr.to_string()),
+            ipv6: None,
+            mac: naming::format_mac(mac),
+            sandbox: Some(a.owner.netns.clone()),
+            joined_at: now_ms(),
+            cni: Some(a.owner.clone()),
+        };
+        self.dp.ensure_network(net_spec(&n)).await?;
+        self.ensure_gateway(&n).await?;
+        // Stored before the links exist: after a crash, a record without links is repaired or
+        // removed (DEL, GC); links without a record would be nobody's.
+        self.store.put_endpoint(&ep)?;
+        let side = crate::dataplane::ContainerSide {
+            netns: a.netns,
+            netns_path: &a.owner.netns,
+            ifname: &a.owner.ifname,
+            mac,
+            ip,
+            prefix: subnet.prefix,
+            gateway,
+        };
+        let (host_veth, host_mac) = match self.dp.plug_container(&id, net_spec(&n), &side).await {
+            Ok(h) => h,
+            Err(e) => {
+                self.store.delete_endpoint(&id)?;
+                return Err(e);
+            }
+        };
+        let mine: Vec<_> = addrs_of(&ep).into_iter().map(|ip| (n.vni, ip)).collect();
+        self.drop_remotes(|k| mine.contains(k)).await?;
+        if let Err(e) = self.plug_fast(&ep, &n).await {
+            log::warn!("attachment {id}: fast path not attached, slow path only: {e:#}");
+        }
+        self.publish().await?;
+        log::info!("attachment {id} ({} {} in {}): {cidr} {} via {host_veth}", a.owner.container_id, a.owner.ifname, a.owner.netns, ep.mac);
+        Ok(Attached { endpoint: ep, host_veth, host_mac, ip: cidr, gateway })
+    }
+
+    /// Detaches a container interface (CNI DEL): links, fast path, record; nothing there is
+    /// fine. A DEL that was queued at `queued_at` (ms) while the daemon was down spares an
+    /// attachment made again after it.
+    pub async fn detach(&mut self, id: &str, queued_at: Option<u64>) -> Result<()> {
+        if let (Some(at), Some(ep)) = (queued_at, self.attachment(id)?) {
+            if ep.joined_at > at {
+                log::info!("queued DEL of {id} skipped: attached again after it was queued");
+                return Ok(());
+            }
+        }
+        self.delete_endpoint(id).await
+    }
+
+    /// The attachment with this endpoint ID, if stored (and made through CNI).
+    pub fn attachment(&self, id: &str) -> Result<Option<Endpoint>> {
+        Ok(self.store.endpoint(id)?.filter(|e| e.cni.is_some()))
+    }
+
+    /// Checks an attachment (CNI CHECK): its record, its host end, and its interface in the
+    /// container's namespace with its address.
+    pub async fn check_attachment(&self, id: &str, network_id: &str, netns: &std::fs::File) -> Result<()> {
+        let ep = self.attachment(id)?.ok_or_else(|| anyhow!("no attachment {id} on this host"))?;
+        if ep.network_id != network_id {
+            bail!("attachment {id} belongs to network {}, not {network_id}", ep.network_id);
+        }
+        let veth = naming::veth_host(id);
+        if self.dp.link_index(&veth).await?.is_none() {
+            bail!("the host end {veth} of attachment {id} is missing");
+        }
+        let owner = ep.cni.as_ref().expect("filtered");
+        let ip = ipv4_of(&ep).ok_or_else(|| anyhow!("attachment {id} has no IPv4 address"))?;
+        self.dp.check_container(netns, &owner.ifname, ip).await
+    }
+
+    /// Removes the CNI attachments of a network that are not in `keep` (endpoint IDs): CNI GC.
+    /// Returns the IDs removed.
+    pub async fn retain_attachments(&mut self, network_id: &str, keep: &HashSet<String>) -> Result<Vec<String>> {
+        let mut gone = Vec::new();
+        for ep in self.store.endpoints_of(network_id)?.into_iter().filter(|e| e.cni.is_some()) {
+            if !keep.contains(&ep.id) {
+                self.delete_endpoint(&ep.id).await?;
+                gone.push(ep.id);
+            }
+        }
+        if !gone.is_empty() {
+            log::info!("network {network_id}: garbage-collected attachments {gone:?}");
+        }
+        Ok(gone)
     }
 
     /// Puts a joined endpoint on the fast path, if its network and address allow it.
@@ -495,13 +805,19 @@ impl Driver {
         self.fast()?.attach_endpoint(&veth, ifindex, info)
     }
 
+    /// Docker's Leave.
     pub async fn leave(&mut self, req: &api::LeaveRequest) -> Result<()> {
-        let ep = self.store.endpoint(checked("endpoint", &req.endpoint_id)?)?;
-        if ep.is_none() && self.tag_owner(&req.endpoint_id)?.is_some() {
+        self.leave_endpoint(checked("endpoint", &req.endpoint_id)?).await
+    }
+
+    /// Takes an endpoint out of its sandbox (links and fast path gone, record kept).
+    pub async fn leave_endpoint(&mut self, id: &str) -> Result<()> {
+        let ep = self.store.endpoint(id)?;
+        if ep.is_none() && self.tag_owner(id)?.is_some() {
             return Ok(()); // not ours to touch: those links belong to another endpoint
         }
         let vni = self.vni_of(ep.as_ref())?;
-        self.unplug(&req.endpoint_id, ep.as_ref(), vni).await?;
+        self.unplug(id, ep.as_ref(), vni).await?;
         if let Some(mut ep) = ep {
             if ep.sandbox.take().is_some() {
                 self.store.put_endpoint(&ep)?;
@@ -704,7 +1020,8 @@ impl Driver {
             log::warn!("{e:#}; networks' connections share the host's conntrack zone");
         }
         for n in &networks {
-            self.dp.ensure_network(spec(n)).await.with_context(|| format!("restoring network {}", n.id))?;
+            self.dp.ensure_network(net_spec(n)).await.with_context(|| format!("restoring network {}", n.id))?;
+            self.ensure_gateway(n).await.with_context(|| format!("restoring network {}", n.id))?;
         }
         let mut endpoints = self.store.endpoints()?;
         for ep in &mut endpoints {
@@ -777,6 +1094,24 @@ impl Driver {
     }
 }
 
+/// The lowest address of `range` that is a host address of `subnet` (neither its network nor
+/// its broadcast address) and not `taken`.
+fn free_address(subnet: &Cidr, range: &Cidr, taken: &dyn Fn(Ipv4Addr) -> bool) -> Option<Ipv4Addr> {
+    let (IpAddr::V4(s), IpAddr::V4(r)) = (subnet.addr, range.addr) else { return None };
+    let span = |a: Ipv4Addr, p: u8| {
+        let mask = if p == 0 { 0 } else { u32::MAX << (32 - u32::from(p)) };
+        let base = u32::from(a) & mask;
+        (base, base | !mask)
+    };
+    let (s_lo, s_hi) = span(s, subnet.prefix);
+    let (r_lo, r_hi) = span(r, range.prefix);
+    let (lo, hi) = (r_lo.max(s_lo), r_hi.min(s_hi));
+    (lo..=hi)
+        .filter(|a| subnet.prefix >= 31 || (*a != s_lo && *a != s_hi))
+        .map(Ipv4Addr::from)
+        .find(|a| !taken(*a))
+}
+
 /// A random locally administered unicast MAC, for endpoints without an IPv4 address.
 fn random_mac() -> [u8; 6] {
     let mut m = [0u8; 6];
@@ -789,4 +1124,24 @@ fn random_mac() -> [u8; 6] {
     }
     m[0] = (m[0] & 0xfe) | 0x02;
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_come_from_the_range_and_skip_what_is_taken() {
+        let c = |s: &str| Cidr::parse(s).unwrap();
+        let none = |_: Ipv4Addr| false;
+        assert_eq!(free_address(&c("10.1.0.0/24"), &c("10.1.0.0/24"), &none), Some(Ipv4Addr::new(10, 1, 0, 1)));
+        let gw = |a: Ipv4Addr| a == Ipv4Addr::new(10, 1, 0, 1);
+        assert_eq!(free_address(&c("10.1.0.0/24"), &c("10.1.0.0/24"), &gw), Some(Ipv4Addr::new(10, 1, 0, 2)));
+        assert_eq!(free_address(&c("10.1.0.0/24"), &c("10.1.0.128/25"), &none), Some(Ipv4Addr::new(10, 1, 0, 128)));
+        // The broadcast address is never handed out.
+        let all_but_last = |a: Ipv4Addr| a.octets()[3] < 255 && a.octets()[3] >= 128;
+        assert_eq!(free_address(&c("10.1.0.0/24"), &c("10.1.0.128/25"), &all_but_last), None);
+        // A range wider than the subnet is cut to it.
+        assert_eq!(free_address(&c("10.1.0.0/30"), &c("10.1.0.0/16"), &gw), Some(Ipv4Addr::new(10, 1, 0, 2)));
+    }
 }

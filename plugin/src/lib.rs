@@ -4,6 +4,7 @@
 pub mod cidr;
 pub mod cluster;
 pub mod client;
+pub mod cni;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;

@@ -8,8 +8,13 @@ use oncache::{client, control, daemon, dataplane, fastpath, DEFAULT_BPF_DIR, DEF
 
 /// oncache: a VXLAN container overlay for Docker and containerd, with an eBPF fast path.
 ///
-/// Start the daemon (normally by systemd), then use `docker network create -d oncache NAME`.
+/// Start the daemon (normally by systemd), then use `docker network create -d oncache NAME`,
+/// or `oncache cni add-network NAME --subnet CIDR` for containerd, nerdctl and podman.
 /// Logging follows RUST_LOG (e.g. RUST_LOG=debug); the default is info.
+///
+/// Run without arguments and with CNI_COMMAND in its environment (as CNI runtimes run plugins),
+/// the binary is the oncache CNI plugin: install it as `oncache` in the runtimes' CNI plugin
+/// folder (Debian: /usr/lib/cni).
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -65,6 +70,18 @@ enum Command {
         #[arg(long, global = true, env = "ONCACHE_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// CNI networks for containerd/nerdctl and podman: conflists in the runtimes' folder.
+    ///
+    /// The runtimes run the plugin binary `oncache` from their CNI folder (Debian:
+    /// /usr/lib/cni; packaging/install.sh puts it there); it forwards every call to this
+    /// daemon. A network is a VXLAN segment like a Docker oncache network: the same name, VNI and
+    /// subnet on every host, a disjoint --ip-range per host. The daemon allocates addresses
+    /// from the range, puts the gateway address on the bridge, and hosts learn each other's
+    /// containers over the same control plane as Docker's networks.
+    Cni {
+        #[command(subcommand)]
+        action: CniAction,
+    },
     /// Show the daemon's networks, endpoints, peers and underlay.
     Status {
         /// Print JSON instead of text.
@@ -104,11 +121,66 @@ enum NetworkAction {
         #[arg(long)]
         force: bool,
     },
-    /// Remove every oncache network that dockerd does not have and no container is joined to.
+    /// Remove every oncache network that dockerd does not have and no container is joined to
+    /// (CNI networks are left alone: they go with `oncache cni rm-network`).
     Prune {
         /// Only list what would be removed.
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CniAction {
+    /// Write the conflist DIR/NAME.conflist of a network.
+    ///
+    /// Written atomically (a temporary file renamed over it: runtimes never see half a file),
+    /// with `"cniVersion": "1.0.0"`, the oncache plugin first and portmap chained for port
+    /// mappings. Run it on every host with the same NAME, --subnet and --vni, and a disjoint
+    /// --ip-range. Then: `nerdctl run --net NAME ...` or `podman run --network NAME ...` (CNI
+    /// backend).
+    AddNetwork {
+        /// The network's name (letters, digits, `_`, `.`, `-`): the runtimes' `--net` value.
+        name: String,
+        /// The IPv4 subnet, the same on every host, e.g. 10.220.0.0/24.
+        #[arg(long)]
+        subnet: String,
+        /// The VXLAN network identifier, the same on every host [default: derived from NAME].
+        #[arg(long)]
+        vni: Option<u32>,
+        /// The part of the subnet this host hands out (disjoint on each host) [default: all].
+        #[arg(long, value_name = "CIDR")]
+        ip_range: Option<String>,
+        /// The gateway address on each host's bridge [default: the subnet's first address].
+        #[arg(long)]
+        gateway: Option<String>,
+        /// The MTU of the network's links [default: the underlay's less 50].
+        #[arg(long)]
+        mtu: Option<u32>,
+        /// The conflist folder.
+        #[arg(long, value_name = "DIR", default_value = oncache::cni::conflist::DEFAULT_CONF_DIR)]
+        conf_dir: PathBuf,
+        /// The daemon's socket, written into the conflist when not the default.
+        #[arg(long, env = "ONCACHE_SOCKET", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// The daemon's --state-dir (where a DEL waits while the daemon is down), written into
+        /// the conflist when not the default.
+        #[arg(long, env = "ONCACHE_STATE_DIR", default_value = oncache::cni::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Remove the conflist DIR/NAME.conflist, and the network from the daemon.
+    ///
+    /// When the daemon answers, the network's bridge, VXLAN device and record on this host go
+    /// too (refused while containers are attached, unless --force).
+    RmNetwork {
+        name: String,
+        #[arg(long, value_name = "DIR", default_value = oncache::cni::conflist::DEFAULT_CONF_DIR)]
+        conf_dir: PathBuf,
+        #[arg(long, env = "ONCACHE_SOCKET", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Also when containers are still attached (their links go with it).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -123,6 +195,10 @@ enum PeerAction {
 }
 
 fn main() {
+    // A CNI runtime runs its plugins without arguments, the call in the environment.
+    if std::env::var_os("CNI_COMMAND").is_some() && std::env::args_os().len() == 1 {
+        std::process::exit(oncache::cni::plugin::run());
+    }
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     // The daemon runs on two worker threads, so that a call blocked in the kernel or on disk
@@ -142,12 +218,50 @@ fn main() {
             Command::Cache { action, socket } => cache(action, &socket).await,
             Command::Doctor { json, bpf_dir } => doctor(json, &bpf_dir),
             Command::Network { action, socket } => network(action, &socket).await,
+            Command::Cni { action } => cni(action).await,
         }
     });
     if let Err(e) = res {
         eprintln!("oncache: {e:#}");
         std::process::exit(1);
     }
+}
+
+async fn cni(action: CniAction) -> anyhow::Result<()> {
+    use oncache::cni::conflist;
+    match action {
+        CniAction::AddNetwork { name, subnet, vni, ip_range, gateway, mtu, conf_dir, socket, state_dir } => {
+            let non_default = |p: &std::path::Path, d: &str| (p != std::path::Path::new(d)).then(|| p.to_string_lossy().into_owned());
+            let n = conflist::NewNetwork {
+                name,
+                subnet,
+                vni,
+                ip_range,
+                gateway,
+                mtu,
+                socket: non_default(&socket, DEFAULT_SOCKET),
+                state_dir: non_default(&state_dir, oncache::cni::DEFAULT_STATE_DIR),
+            };
+            let path = conflist::add(&conf_dir, &n)?;
+            println!("wrote {}", path.display());
+        }
+        CniAction::RmNetwork { name, conf_dir, socket, force } => {
+            let removed = conflist::remove(&conf_dir, &name);
+            let id = oncache::naming::cni_network_id(&name);
+            let r: anyhow::Result<serde_json::Value> =
+                client::call(&socket, control::NETWORK_REMOVE, &control::NetworkRemove { id: id.clone(), force }).await;
+            match (&removed, r) {
+                (_, Ok(_)) => println!("network {name} removed from the daemon"),
+                (Ok(_), Err(e)) if format!("{e:#}").contains("is not an oncache network") => {}
+                (Ok(_), Err(e)) => eprintln!("oncache: the daemon kept network {name}: {e:#}"),
+                (Err(_), Err(e)) => return Err(removed.unwrap_err().context(format!("{e:#}"))),
+            }
+            if let Ok(p) = removed {
+                println!("removed {}", p.display());
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn peer(action: PeerAction, socket: &std::path::Path) -> anyhow::Result<()> {
@@ -311,7 +425,9 @@ async fn network(action: NetworkAction, socket: &std::path::Path) -> anyhow::Res
                 .networks
                 .iter()
                 .map(|n| {
-                    let known = docker.as_ref().ok().map(|d| d.contains(&n.network.id));
+                    // A CNI network is the runtimes' (its conflist), never dockerd's.
+                    let cni = n.network.id.starts_with("cni:");
+                    let known = if cni { None } else { docker.as_ref().ok().map(|d| d.contains(&n.network.id)) };
                     serde_json::json!({
                         "id": n.network.id,
                         "vni": n.network.vni,
@@ -320,6 +436,7 @@ async fn network(action: NetworkAction, socket: &std::path::Path) -> anyhow::Res
                         "joined": n.endpoints.iter().filter(|e| e.sandbox.is_some()).count(),
                         "created": n.network.created,
                         "in_docker": known,
+                        "cni": cni,
                     })
                 })
                 .collect();
@@ -332,6 +449,7 @@ async fn network(action: NetworkAction, socket: &std::path::Path) -> anyhow::Res
                 let id = r["id"].as_str().unwrap_or_default();
                 let subnets: Vec<&str> = r["subnets"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
                 let docker = match r["in_docker"].as_bool() {
+                    _ if r["cni"].as_bool() == Some(true) => "- (CNI)",
                     Some(true) => "yes",
                     Some(false) => "no (ghost)",
                     None => "?",
@@ -361,7 +479,8 @@ async fn network(action: NetworkAction, socket: &std::path::Path) -> anyhow::Res
             let docker = docker_networks().await.map_err(|e| e.context("prune needs dockerd's network list"))?;
             for n in &s.networks {
                 let joined = n.endpoints.iter().any(|e| e.sandbox.is_some());
-                if docker.contains(&n.network.id) || joined {
+                // CNI networks live as long as their conflist (`oncache cni rm-network`).
+                if docker.contains(&n.network.id) || joined || n.network.id.starts_with("cni:") {
                     continue;
                 }
                 if dry_run {

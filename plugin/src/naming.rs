@@ -73,6 +73,51 @@ pub fn check_id(kind: &str, id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The store key of a CNI network: its conflist name, which is not a Docker ID (those are hex
+/// and never contain `:`), so the two front ends' networks never share a key.
+pub fn cni_network_id(name: &str) -> String {
+    format!("cni:{name}")
+}
+
+/// A CNI network name as the spec allows it: `^[a-zA-Z0-9][a-zA-Z0-9_.-]*$` (at most 128 here).
+pub fn check_cni_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_ID
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        let shown: String = name.chars().take(MAX_ID).collect();
+        Err(format!("invalid network name {shown:?}: expected a letter or digit, then letters, digits, '_', '.' or '-' (at most {MAX_ID})"))
+    }
+}
+
+/// FNV-1a, 64 bits: a fixed, documented hash (link names derived from it must not change
+/// between oncache versions, or a DEL after an upgrade would miss the links).
+fn fnv1a64(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            // A separator (0xff: in no container ID or interface name), so ("ab", "c") is not ("a", "bc").
+            h ^= 0xff;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        for b in *p {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The endpoint ID of a CNI attachment, derived from (container ID, interface name) alone, so
+/// that a DEL finds the links without the network namespace: `cn` + 16 hex digits. Docker's IDs
+/// are hex, so `n` keeps the two apart, and the veth tag (`cn` + 9 hex digits) too.
+pub fn cni_endpoint_id(container_id: &str, ifname: &str) -> String {
+    format!("cn{:016x}", fnv1a64(&[container_id.as_bytes(), ifname.as_bytes()]))
+}
+
 /// A locally administered MAC derived from the IPv4 address, as Docker's own drivers do
 /// (02:42:a.b.c.d): unique within a subnet and stable across restarts.
 pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
@@ -130,6 +175,24 @@ mod tests {
         // Never a panic, whatever the string.
         assert_eq!(ep_tag("ééééééééééééé"), "ééééééééééé");
         assert_eq!(ep_tag("abc"), "abc");
+    }
+
+    #[test]
+    fn cni_names_and_ids() {
+        let id = cni_endpoint_id("abc", "eth0");
+        assert_eq!(id, cni_endpoint_id("abc", "eth0"), "stable");
+        assert_ne!(id, cni_endpoint_id("abc", "eth1"));
+        assert_ne!(cni_endpoint_id("ab", "ceth0"), cni_endpoint_id("abc", "eth0"));
+        assert!(check_id("endpoint", &id).is_ok());
+        assert!(veth_host(&id).len() <= 15 && veth_host(&id).starts_with("ocvecn"));
+        // FNV-1a of a known input (the link names depend on it staying the same).
+        assert_eq!(fnv1a64(&[b"a"]), 0xaf63_dc4c_8601_ec8c);
+        assert!(check_cni_name("oc1").is_ok());
+        assert!(check_cni_name("my_net-1.x").is_ok());
+        assert!(check_cni_name("-x").is_err());
+        assert!(check_cni_name("a/b").is_err());
+        assert!(check_cni_name("").is_err());
+        assert_eq!(cni_network_id("oc1"), "cni:oc1");
     }
 
     #[test]

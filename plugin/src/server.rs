@@ -72,8 +72,9 @@ fn req<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Fault
     decode(body).map_err(Fault::bad)
 }
 
-/// Runs one call. `method` is the path without its leading slash.
-async fn dispatch(plugin: &Shared, method: &str, body: &[u8]) -> Answer {
+/// Runs one call. `method` is the path without its leading slash; `peer` is the calling
+/// process, when the connection tells (CNI calls pass a descriptor of theirs).
+async fn dispatch(plugin: &Shared, method: &str, body: &[u8], peer: Option<u32>) -> Answer {
     match method {
         "Plugin.Activate" => return json(activate::ActivateResponse { implements: vec![NETWORK_DRIVER.into()] }),
         "NetworkDriver.GetCapabilities" => return json(&plugin.capabilities),
@@ -135,6 +136,8 @@ async fn dispatch(plugin: &Shared, method: &str, body: &[u8]) -> Answer {
             d.remove_network(&r.id, r.force).await.map_err(failed)?;
             empty()
         }
+        // The CNI front end decodes and encodes CNI's own way (results, error codes).
+        control::CNI => json(crate::cni::serve::handle(&mut d, &req(body)?, peer).await),
         control::PEER_LIST => json(control::PeerList { peers: d.peers().map_err(failed)? }),
         control::STATUS => json(d.status().await.map_err(failed)?),
         control::STATS => json(d.fast_stats().map_err(failed)?),
@@ -159,7 +162,7 @@ fn too_large(method: &str) -> Fault {
     Fault { status: StatusCode::PAYLOAD_TOO_LARGE, msg: format!("{method}: request body exceeds {MAX_BODY} bytes") }
 }
 
-async fn handle(driver: Shared, r: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(driver: Shared, r: Request<Incoming>, peer: Option<u32>) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = r.uri().path().trim_start_matches('/').to_string();
     if r.method() != Method::POST {
         let f = Fault { status: StatusCode::METHOD_NOT_ALLOWED, msg: format!("{} {method}: only POST is served", r.method()) };
@@ -184,13 +187,18 @@ async fn handle(driver: Shared, r: Request<Incoming>) -> Result<Response<Full<By
     log::debug!("{method} {}", String::from_utf8_lossy(&body));
     // On a task of its own: a client that hangs up (dockerd gives up after its time-out) must
     // not cancel a call halfway between its store and kernel changes.
-    let call = tokio::spawn(async move { answer(&driver, &method, &body).await });
+    let call = tokio::spawn(async move { answer_from(&driver, &method, &body, peer).await });
     Ok(call.await.unwrap_or_else(|e| error(&Fault::failed(anyhow::anyhow!("the call did not complete: {e}")))))
 }
 
 /// Dispatches one call and encodes its answer, whatever happens inside.
 pub async fn answer(plugin: &Shared, method: &str, body: &[u8]) -> Response<Full<Bytes>> {
-    let outcome = AssertUnwindSafe(dispatch(plugin, method, body)).catch_unwind().await;
+    answer_from(plugin, method, body, None).await
+}
+
+/// [`answer`] for a caller whose process is known (`peer`: its PID, from the socket).
+pub async fn answer_from(plugin: &Shared, method: &str, body: &[u8], peer: Option<u32>) -> Response<Full<Bytes>> {
+    let outcome = AssertUnwindSafe(dispatch(plugin, method, body, peer)).catch_unwind().await;
     match outcome {
         Ok(Ok(v)) => respond(StatusCode::OK, &v),
         Ok(Err(f)) => {
@@ -217,7 +225,15 @@ pub async fn serve_connection<S>(stream: S, plugin: Shared)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |r| handle(plugin.clone(), r));
+    serve_connection_from(stream, plugin, None).await
+}
+
+/// [`serve_connection`] for a connection whose peer process is known.
+async fn serve_connection_from<S>(stream: S, plugin: Shared, peer: Option<u32>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |r| handle(plugin.clone(), r, peer));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(READ_TIMEOUT)
@@ -241,7 +257,9 @@ pub async fn serve(listener: UnixListener, driver: Shared, shutdown: impl std::f
                         continue;
                     }
                 };
-                tokio::spawn(serve_connection(stream, driver.clone()));
+                // The kernel's word for who called (SO_PEERCRED), in this PID namespace.
+                let peer = stream.peer_cred().ok().and_then(|c| c.pid()).and_then(|p| u32::try_from(p).ok());
+                tokio::spawn(serve_connection_from(stream, driver.clone(), peer));
             }
         }
     }

@@ -5,7 +5,7 @@
 
 mod model;
 
-pub use model::{Endpoint, Network};
+pub use model::{CniOwner, Endpoint, Ipam, Network};
 
 use serde::{de::DeserializeOwned, Serialize};
 use std::net::IpAddr;

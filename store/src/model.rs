@@ -31,6 +31,28 @@ pub struct Network {
     /// given, as in records of an older oncache).
     #[serde(default)]
     pub zone: u16,
+    /// Set when oncache itself hands out the network's addresses (CNI networks): the range it
+    /// allocates from and the gateway address it puts on the bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<Ipam>,
+}
+
+/// Address management oncache does itself (CNI networks; Docker's IPAM serves Docker's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipam {
+    /// The range this host allocates from (CIDR, inside the subnet).
+    pub range: String,
+    /// The gateway address with the subnet's prefix length (CIDR), on the bridge.
+    pub gateway: String,
+}
+
+/// Who a CNI attachment belongs to: the runtime's container ID and interface name (what the
+/// endpoint ID is derived from), and the network namespace it was put in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniOwner {
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: String,
 }
 
 /// A container's attachment to a network.
@@ -53,6 +75,9 @@ pub struct Endpoint {
     /// later of two claims on an address wins.
     #[serde(default)]
     pub joined_at: u64,
+    /// Set for an attachment made through the CNI front end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<CniOwner>,
 }
 
 fn yes() -> bool {

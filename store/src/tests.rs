@@ -11,6 +11,7 @@ fn net(id: &str, vni: u32) -> Network {
         options: Default::default(),
         created: 0,
         zone: 0,
+        ipam: None,
     }
 }
 
@@ -23,6 +24,7 @@ fn ep(id: &str, network: &str) -> Endpoint {
         mac: "02:42:0a:01:00:02".into(),
         sandbox: None,
         joined_at: 0,
+        cni: None,
     }
 }
 
@@ -164,4 +166,25 @@ fn a_swarm_event_never_removes_an_operators_peer() {
     assert!(!s.remove_peer(b, Some(PeerSource::Swarm)).unwrap());
     assert!(s.remove_peer(b, None).unwrap());
     assert_eq!(s.peers().unwrap(), [a]);
+}
+
+#[test]
+fn cni_records_round_trip_and_older_records_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let mut n = net("cni:oc1", 300);
+    n.ipam = Some(Ipam { range: "10.1.0.0/25".into(), gateway: "10.1.0.1/24".into() });
+    s.put_network(&n).unwrap();
+    let mut e = ep("cn0123456789abcdef", "cni:oc1");
+    e.cni = Some(CniOwner { container_id: "c1".into(), ifname: "eth0".into(), netns: "/run/netns/x".into() });
+    s.put_endpoint(&e).unwrap();
+    assert_eq!(s.network("cni:oc1").unwrap(), Some(n));
+    assert_eq!(s.endpoint("cn0123456789abcdef").unwrap(), Some(e));
+    // Records written before these fields existed.
+    let old_net: Network = serde_json::from_str(r#"{"id":"n1","vni":5,"mtu":1450}"#).unwrap();
+    assert_eq!(old_net.ipam, None);
+    let old_ep: Endpoint = serde_json::from_str(r#"{"id":"e1","network_id":"n1","mac":"02:42:0a:01:00:02"}"#).unwrap();
+    assert_eq!(old_ep.cni, None);
+    // And a Docker record does not grow the new keys.
+    assert!(!serde_json::to_string(&ep("e1", "n1")).unwrap().contains("cni"));
 }

@@ -20,6 +20,7 @@ use std::process::Command;
 const FORWARD_CHAIN: &str = "ONCACHE-FORWARD";
 const ADMIT_CHAIN: &str = "ONCACHE-ADMIT";
 const ZONES_CHAIN: &str = "ONCACHE-ZONES";
+const NAT_CHAIN: &str = "ONCACHE-NAT";
 const TOOLS: [&str; 2] = ["iptables", "ip6tables"];
 const BRIDGES: &str = "ocbr+";
 
@@ -149,6 +150,66 @@ pub fn remove_zone(vni: u32, zone: u16) {
     }
 }
 
+/// The rules that give a network with a gateway address on its bridge (CNI networks) the way
+/// out, and port mappings (portmap's DNAT) the way in, as tool, table, chain, rule.
+fn gateway_rules(vni: u32, subnet: &str) -> Vec<(&'static str, &'static str, Vec<String>)> {
+    let br = crate::naming::bridge(vni);
+    let r = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    vec![
+        // Leaving the segment through the gateway, a packet stays in the host's conntrack zone,
+        // where its replies arrive (and NAT can be undone); only the segment's own traffic gets
+        // the network's zone.
+        ("raw", ZONES_CHAIN, r(&["-i", &br, "!", "-d", subnet, "-j", "RETURN"])),
+        ("nat", NAT_CHAIN, r(&["-s", subnet, "!", "-d", subnet, "-j", "MASQUERADE"])),
+        ("filter", FORWARD_CHAIN, r(&["-i", &br, "!", "-o", &br, "-j", "ACCEPT"])),
+        ("filter", FORWARD_CHAIN, r(&["-o", &br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED,DNAT", "-j", "ACCEPT"])),
+    ]
+}
+
+/// Outside access for a network whose gateway is on its bridge: masquerade to the host's
+/// address, forwarding both ways, IPv4 forwarding on (idempotent). The zone exemption goes
+/// first in ONCACHE-ZONES; call it after [`set_zones`] / [`add_zone`].
+pub fn add_gateway(vni: u32, subnet: &str) -> Result<()> {
+    ensure_zones_chain("iptables")?;
+    run("iptables", &["-t", "nat", "-N", NAT_CHAIN])?;
+    if !run("iptables", &["-t", "nat", "-C", "POSTROUTING", "-j", NAT_CHAIN])? && !run("iptables", &["-t", "nat", "-A", "POSTROUTING", "-j", NAT_CHAIN])? {
+        bail!("iptables: cannot add the jump to {NAT_CHAIN} in nat/POSTROUTING");
+    }
+    for (table, chain, rule) in gateway_rules(vni, subnet) {
+        let args = |op: &str| -> Vec<String> {
+            let mut a = vec!["-t".to_string(), table.into(), op.into(), chain.into()];
+            if op == "-I" {
+                a.push("1".into());
+            }
+            a.extend(rule.iter().cloned());
+            a
+        };
+        let call = |op: &str| {
+            let a = args(op);
+            run("iptables", &a.iter().map(String::as_str).collect::<Vec<_>>())
+        };
+        let add = if table == "raw" { "-I" } else { "-A" };
+        if !call("-C")? && !call(add)? {
+            bail!("iptables: cannot add {table}/{chain} {}", rule.join(" "));
+        }
+    }
+    let fwd = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(fwd).map(|v| v.trim() != "1").unwrap_or(true) {
+        std::fs::write(fwd, "1").with_context(|| format!("enabling IPv4 forwarding ({fwd})"))?;
+        log::info!("set net.ipv4.ip_forward=1 (containers reach the outside through the gateway)");
+    }
+    Ok(())
+}
+
+/// Removes what [`add_gateway`] added for one network; absent is fine.
+pub fn remove_gateway(vni: u32, subnet: &str) {
+    for (table, chain, rule) in gateway_rules(vni, subnet) {
+        let mut a = vec!["-t", table, "-D", chain];
+        a.extend(rule.iter().map(String::as_str));
+        while run("iptables", &a).unwrap_or(false) {}
+    }
+}
+
 /// Removes the jumps and the chains (`oncache uninstall`).
 pub fn remove() {
     for (tool, table, from, chain) in [
@@ -157,6 +218,7 @@ pub fn remove() {
         ("iptables", "mangle", "POSTROUTING", ADMIT_CHAIN),
         ("iptables", "raw", "PREROUTING", ZONES_CHAIN),
         ("ip6tables", "raw", "PREROUTING", ZONES_CHAIN),
+        ("iptables", "nat", "POSTROUTING", NAT_CHAIN),
     ] {
         let _ = run(tool, &["-t", table, "-D", from, "-j", chain]);
         let _ = run(tool, &["-t", table, "-F", chain]);

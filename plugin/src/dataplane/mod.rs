@@ -8,13 +8,25 @@ pub mod netlink;
 pub mod underlay;
 
 use crate::naming::{self, Owned};
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use netlink::{Netlink, VxlanSpec};
 use rtnetlink::packet_route::link::InfoKind;
 use crate::cluster::Remote;
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 pub use underlay::Underlay;
+
+/// The container side of a CNI attachment, as [`Dataplane::plug_container`] makes it.
+pub struct ContainerSide<'a> {
+    /// The container's network namespace (an open nsfs file) and its path, for messages.
+    pub netns: &'a std::fs::File,
+    pub netns_path: &'a str,
+    pub ifname: &'a str,
+    pub mac: [u8; 6],
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+}
 
 /// A network as the data plane sees it.
 #[derive(Debug, Clone, Copy)]
@@ -176,6 +188,64 @@ impl Dataplane {
         Ok(peer)
     }
 
+    /// A CNI attachment's links: the endpoint's veth pair on the network's bridge (a pair left
+    /// from an earlier attempt is replaced), the container end moved into `netns`, named
+    /// `c.ifname`, up, with its address and (given a gateway) the default route. Returns the
+    /// host end's name and MAC.
+    pub async fn plug_container(&self, endpoint_id: &str, n: NetSpec, c: &ContainerSide<'_>) -> Result<(String, [u8; 6])> {
+        let peer = self.ensure_veth(endpoint_id, n, c.mac).await?;
+        let host = naming::veth_host(endpoint_id);
+        let made = async {
+            let p = self.nl.link(&peer).await?.ok_or_else(|| anyhow!("veth end {peer} vanished after creation"))?;
+            let h = self.nl.link(&host).await?.ok_or_else(|| anyhow!("veth end {host} vanished after creation"))?;
+            let inside = Netlink::connect_in(c.netns)?;
+            if inside.link(c.ifname).await?.is_some() {
+                anyhow::bail!("the network namespace {} already has an interface {}", c.netns_path, c.ifname);
+            }
+            self.nl.move_to_netns(p.index, c.netns).await?;
+            let p = inside.link(&peer).await?.ok_or_else(|| anyhow!("{peer} did not arrive in {}", c.netns_path))?;
+            inside.rename_up(p.index, c.ifname).await?;
+            inside.add_address(p.index, IpAddr::V4(c.ip), c.prefix).await?;
+            if let Some(gw) = c.gateway {
+                inside.set_default_route(gw, p.index).await?;
+            }
+            anyhow::Ok(h.mac.unwrap_or_default())
+        };
+        match made.await {
+            Ok(mac) => Ok((host, mac)),
+            Err(e) => {
+                let _ = self.remove_veth(endpoint_id).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether a CNI attachment's container interface is in place: `ifname` in `netns`, up,
+    /// with the address.
+    pub async fn check_container(&self, netns: &std::fs::File, ifname: &str, ip: Ipv4Addr) -> Result<()> {
+        let inside = Netlink::connect_in(netns)?;
+        let l = inside.link(ifname).await?.ok_or_else(|| anyhow!("no interface {ifname} in the container's network namespace"))?;
+        if !inside.ipv4_addrs(l.index).await?.contains(&ip) {
+            anyhow::bail!("interface {ifname} in the container's network namespace lacks its address {ip}");
+        }
+        Ok(())
+    }
+
+    /// Puts the gateway address on a network's bridge (idempotent).
+    pub async fn ensure_gateway(&self, vni: u32, gateway: Ipv4Addr, prefix: u8) -> Result<()> {
+        let br = naming::bridge(vni);
+        let l = self.nl.link(&br).await?.ok_or_else(|| anyhow!("bridge {br} is missing"))?;
+        if !self.nl.ipv4_addrs(l.index).await?.contains(&gateway) {
+            self.nl.add_address(l.index, IpAddr::V4(gateway), prefix).await.with_context(|| format!("on bridge {br}"))?;
+        }
+        Ok(())
+    }
+
+    /// The MAC of a link, if it exists.
+    pub async fn link_mac(&self, name: &str) -> Result<Option<[u8; 6]>> {
+        Ok(self.nl.link(name).await?.and_then(|l| l.mac))
+    }
+
     /// Deletes the endpoint's veth pair (both ends go with either).
     pub async fn remove_veth(&self, endpoint_id: &str) -> Result<()> {
         for name in [naming::veth_host(endpoint_id), naming::veth_peer(endpoint_id)] {
@@ -212,6 +282,15 @@ impl Dataplane {
 
     pub fn remove_zone(&self, vni: u32, zone: u16) {
         firewall::remove_zone(vni, zone)
+    }
+
+    /// Outside access and port mappings for a network with a gateway (see [`firewall::add_gateway`]).
+    pub fn add_gateway_rules(&self, vni: u32, subnet: &str) -> Result<()> {
+        firewall::add_gateway(vni, subnet)
+    }
+
+    pub fn remove_gateway_rules(&self, vni: u32, subnet: &str) {
+        firewall::remove_gateway(vni, subnet)
     }
 
     /// Exactly these networks' zones (at start).

@@ -33,6 +33,8 @@ pub struct Link {
     /// For a VXLAN device: whether it is configured as [`Netlink::add_vxlan`] makes it (an older
     /// oncache made learning devices that flood).
     pub vxlan_current: bool,
+    /// The link-layer address, when it is an Ethernet one.
+    pub mac: Option<[u8; 6]>,
 }
 
 /// One VXLAN forwarding entry: a MAC (all zeros for the flood list) and the VTEP it goes to.
@@ -83,6 +85,58 @@ impl Netlink {
         let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
         tokio::spawn(conn);
         Ok(Netlink { handle })
+    }
+
+    /// Opens a netlink route socket in the network namespace `netns` (an open nsfs file): the
+    /// socket is made on a short-lived thread that enters the namespace, and stays bound to it.
+    /// Must run inside tokio.
+    pub fn connect_in(netns: &std::fs::File) -> Result<Netlink> {
+        use std::os::fd::AsRawFd;
+        let fd = netns.as_raw_fd();
+        let rt = tokio::runtime::Handle::current();
+        let made = std::thread::scope(|s| {
+            s.spawn(|| {
+                let _entered = rt.enter();
+                // SAFETY: setns changes only this (scoped, about to end) thread's namespace.
+                if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                    return Err(anyhow!("entering the network namespace: {}", std::io::Error::last_os_error()));
+                }
+                let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket in the namespace")?;
+                Ok((conn, handle))
+            })
+            .join()
+            .map_err(|_| anyhow!("the thread entering the network namespace failed"))?
+        })?;
+        let (conn, handle) = made;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// Moves a link into the network namespace `netns` (an open nsfs file).
+    pub async fn move_to_netns(&self, index: u32, netns: &std::fs::File) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let msg = LinkUnspec::new_with_index(index).setns_by_fd(netns.as_raw_fd()).build();
+        self.handle.link().set(msg).execute().await.context("moving the container end into its network namespace")
+    }
+
+    /// Renames a (down) link and brings it up.
+    pub async fn rename_up(&self, index: u32, name: &str) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).name(name.to_string()).up().build();
+        self.handle.link().set(msg).execute().await.with_context(|| format!("naming the container interface {name}"))
+    }
+
+    /// Adds an address to a link; one it already has is not an error.
+    pub async fn add_address(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<()> {
+        match self.handle.address().add(index, ip, prefix).execute().await {
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            r => r.with_context(|| format!("adding address {ip}/{prefix}")),
+        }
+    }
+
+    /// `ip route replace default via GW dev INDEX`.
+    pub async fn set_default_route(&self, gateway: Ipv4Addr, index: u32) -> Result<()> {
+        let msg = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).output_interface(index).build();
+        self.handle.route().add(msg).replace().execute().await.with_context(|| format!("adding the default route via {gateway}"))
     }
 
     /// What may move the underlay's next hops, as it happens in this network namespace: each
@@ -417,12 +471,13 @@ fn ip_of(a: &NeighbourAddress) -> Option<IpAddr> {
 }
 
 fn link_of(m: &LinkMessage) -> Link {
-    let mut l = Link { index: m.header.index, name: String::new(), mtu: 0, controller: None, kind: None, vxlan_current: false };
+    let mut l = Link { index: m.header.index, name: String::new(), mtu: 0, controller: None, kind: None, vxlan_current: false, mac: None };
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => l.name = n.clone(),
             LinkAttribute::Mtu(v) => l.mtu = *v,
             LinkAttribute::Controller(c) => l.controller = Some(*c),
+            LinkAttribute::Address(a) => l.mac = <[u8; 6]>::try_from(&a[..]).ok(),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     match i {

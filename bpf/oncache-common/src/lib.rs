@@ -5,6 +5,8 @@
 //! and ports are host-order integers.
 #![no_std]
 
+pub mod wire;
+
 /// The standard VXLAN UDP port.
 pub const VXLAN_PORT: u16 = 4789;
 /// What encapsulation adds in front of the inner frame: outer Ethernet 14 + IPv4 20 + UDP 8 +

@@ -179,6 +179,10 @@ fn egress_fast(ctx: &TcContext) -> i32 {
 fn ingress_fast(ctx: &TcContext) -> i32 {
     const P: Program = Program::IngressFast;
     let Some(cfg) = config() else { return PASS };
+    // Only frames addressed to this host's MAC: the kernel drops the others (OTHERHOST).
+    if skb_pkt_type(ctx) != PACKET_HOST {
+        return PASS;
+    }
     let Some(outer) = parse_vxlan(ctx) else {
         return PASS;
     };
@@ -507,6 +511,14 @@ fn skb_mark(ctx: &TcContext) -> u32 {
 #[inline(always)]
 fn skb_gso_size(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).gso_size }
+}
+
+/// `skb->pkt_type` of a frame addressed to this host (linux/if_packet.h).
+const PACKET_HOST: u32 = 0;
+
+#[inline(always)]
+fn skb_pkt_type(ctx: &TcContext) -> u32 {
+    unsafe { (*ctx.skb.skb).pkt_type }
 }
 
 #[inline(always)]

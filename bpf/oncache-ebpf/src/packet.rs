@@ -5,7 +5,7 @@
 //! packets do), else copied with `bpf_skb_load_bytes`, which works wherever the bytes are.
 
 use aya_ebpf::programs::TcContext;
-use oncache_common::{ENCAP_LEN, VXLAN_PORT};
+use oncache_common::{wire, ENCAP_LEN, VXLAN_PORT};
 
 pub const ETH_LEN: usize = 14;
 pub const IPV4_LEN: usize = 20;
@@ -16,10 +16,7 @@ pub const INNER_OFF: usize = ENCAP_LEN as usize;
 const ETH_P_IP: [u8; 2] = [0x08, 0x00];
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
-/// Version 4, header length 5 words: options are not handled, so they are not candidates.
-const IPV4_VER_IHL: u8 = 0x45;
-/// More-fragments flag and fragment offset: any fragment goes to the slow path.
-const IPV4_FRAG_MASK: u16 = 0x3fff;
+/// Don't fragment, set on the outer header as the VXLAN device sets it.
 const IPV4_DF: u16 = 0x4000;
 /// TCP data offset (high nibble) and flags: bytes 12 and 13 of the header.
 const TCP_DOFF_FLAGS_OFF: usize = 12;
@@ -27,8 +24,6 @@ const UDP_HDR_LEN: u8 = 8;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
-/// VXLAN flags byte: the I bit says the VNI is valid.
-const VXLAN_I: u8 = 0x08;
 
 /// Outer UDP source ports: the IANA dynamic range, as `udp_flow_src_port(min, max)` maps it,
 /// i.e. [min, max). A VXLAN device created with `srcport 49152 65535` picks the very same port
@@ -80,6 +75,15 @@ pub struct Ipv4Hdr {
     pub check: [u8; 2],
     pub src: [u8; 4],
     pub dst: [u8; 4],
+}
+
+impl Ipv4Hdr {
+    /// The header as it is on the wire.
+    #[inline(always)]
+    pub fn to_bytes(self) -> [u8; IPV4_LEN] {
+        // SAFETY: repr(C), byte arrays and bytes only: 20 bytes, no padding.
+        unsafe { core::mem::transmute::<Ipv4Hdr, [u8; IPV4_LEN]>(self) }
+    }
 }
 
 #[repr(C)]
@@ -161,21 +165,41 @@ fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
     }
 }
 
-/// Parses an Ethernet + IPv4 (no options, not a fragment) + TCP/UDP frame at `off`.
+/// Parses an Ethernet + IPv4 + TCP/UDP frame at `off` that the slow path would accept too
+/// (`oncache_common::wire`: no options, not a fragment, valid checksum and lengths).
 #[inline(always)]
 pub fn parse_flow(ctx: &TcContext, off: usize) -> Option<Flow> {
     let h: EthIpv4 = read(ctx, off)?;
-    if h.eth.proto != ETH_P_IP || !plain_ipv4(&h.ip) {
+    if h.eth.proto != ETH_P_IP {
         return None;
     }
+    let l4_min = match h.ip.proto {
+        IPPROTO_TCP => 20,
+        IPPROTO_UDP => 8,
+        _ => return None,
+    };
+    let raw = h.ip.to_bytes();
+    let available = ctx.len().checked_sub((off + ETH_LEN) as u32)?;
+    if !wire::ipv4_ok(&raw, l4_min, available) {
+        return None;
+    }
+    let tot_len = wire::ipv4_tot_len(&raw);
     let l4 = off + ETH_LEN + IPV4_LEN;
     let (tcp_flags, l4_len) = match h.ip.proto {
         IPPROTO_TCP => {
             let [doff, flags]: [u8; 2] = read(ctx, l4 + TCP_DOFF_FLAGS_OFF)?;
+            if !wire::tcp_len_ok(doff, tot_len) {
+                return None;
+            }
             (flags, (doff >> 4) * 4)
         }
-        IPPROTO_UDP => (0, UDP_HDR_LEN),
-        _ => return None,
+        _ => {
+            let udp: [u8; UDP_LEN] = read(ctx, l4)?;
+            if !wire::udp_len_ok(&udp, tot_len) {
+                return None;
+            }
+            (0, UDP_HDR_LEN)
+        }
     };
     let ports: [u8; 4] = read(ctx, l4)?;
     Some(Flow {
@@ -188,19 +212,28 @@ pub fn parse_flow(ctx: &TcContext, off: usize) -> Option<Flow> {
     })
 }
 
-/// Parses the outer headers of a VXLAN packet at offset 0.
+/// Parses the outer headers of a VXLAN packet at offset 0, as the kernel's VXLAN device would
+/// accept it: a valid IPv4 header, UDP to the VXLAN port with a matching length and no
+/// checksum (oncache's hosts send none; one with a checksum takes the slow path, which checks
+/// it), and VXLAN flags "VNI present" only.
 #[inline(always)]
 pub fn parse_vxlan(ctx: &TcContext) -> Option<Vxlan> {
     let h: VxlanHdrs = read(ctx, 0)?;
-    if h.eth.proto != ETH_P_IP
-        || !plain_ipv4(&h.ip)
-        || h.ip.proto != IPPROTO_UDP
+    if h.eth.proto != ETH_P_IP || h.ip.proto != IPPROTO_UDP {
+        return None;
+    }
+    let raw = h.ip.to_bytes();
+    let available = ctx.len().checked_sub(ETH_LEN as u32)?;
+    // UDP, VXLAN and at least the inner Ethernet header.
+    if !wire::ipv4_ok(&raw, (UDP_LEN + 8 + ETH_LEN) as u32, available)
         || u16::from_be_bytes([h.udp[2], h.udp[3]]) != VXLAN_PORT
-        || h.vxlan[0] & VXLAN_I == 0
+        || !wire::udp_len_ok(&h.udp, wire::ipv4_tot_len(&raw))
+        || h.udp[6] != 0
+        || h.udp[7] != 0
     {
         return None;
     }
-    let vni = u32::from_be_bytes([0, h.vxlan[4], h.vxlan[5], h.vxlan[6]]);
+    let vni = wire::vxlan_vni(&h.vxlan)?;
     Some(Vxlan {
         eth: h.eth,
         ip: h.ip,
@@ -208,10 +241,6 @@ pub fn parse_vxlan(ctx: &TcContext) -> Option<Vxlan> {
     })
 }
 
-#[inline(always)]
-fn plain_ipv4(ip: &Ipv4Hdr) -> bool {
-    ip.ver_ihl == IPV4_VER_IHL && u16::from_be_bytes(ip.frag) & IPV4_FRAG_MASK == 0
-}
 
 /// Everything in front of the inner IP header of an encapsulated frame, written in one store.
 #[repr(C)]
@@ -250,7 +279,7 @@ impl Encap {
             ip: outer_ipv4(p, ip_len),
             // Checksum 0: allowed for UDP over IPv4 and what VXLAN sends by default.
             udp: [s0, s1, d0, d1, u0, u1, 0, 0],
-            vxlan: [VXLAN_I, 0, 0, 0, v0, v1, v2, 0],
+            vxlan: [wire::VXLAN_FLAGS_I, 0, 0, 0, v0, v1, v2, 0],
             inner_eth,
         }
     }
@@ -264,7 +293,7 @@ fn outer_ipv4(p: &EncapParams, tot_len: u16) -> [u8; IPV4_LEN] {
     let [s0, s1, s2, s3] = p.src;
     let [d0, d1, d2, d3] = p.dst;
     let mut h = [
-        IPV4_VER_IHL,
+        wire::IPV4_VER_IHL,
         p.tos,
         l0,
         l1,

@@ -133,6 +133,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         tokio::spawn(follow_cluster(c, plugin.clone()));
     }
     tokio::spawn(follow_next_hops(underlay_index, plugin.clone()));
+    tokio::spawn(follow_firewall(plugin.clone()));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
@@ -219,6 +220,31 @@ async fn follow_cluster(cluster: Arc<Cluster>, plugin: server::Shared) {
 /// Outer headers the fast path learned name the underlay's next hop (its MAC, the interface):
 /// those a neighbour or route change makes stale go, and the next slow-path packet to that host
 /// teaches the new one. A neighbour merely ageing (same MAC) changes nothing.
+/// Withdraws admitted flows whenever the ruleset changes, so that a new rule (a DROP in
+/// DOCKER-USER, say) applies to flows already on the fast path too, within moments.
+async fn follow_firewall(plugin: server::Shared) {
+    let mut watch = match crate::dataplane::nftables::RulesetWatch::open() {
+        Ok(w) => w,
+        Err(e) => {
+            log::warn!("not following firewall changes (admitted flows keep the fast path until `oncache cache flush`): {e:#}");
+            return;
+        }
+    };
+    loop {
+        if let Err(e) = watch.changed().await {
+            log::warn!("{e:#}; no longer following firewall changes");
+            return;
+        }
+        // A rule change is often several transactions in a row (iptables -I, then -N, ...):
+        // take them as one, a moment later.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut d = plugin.driver.lock().await;
+        if let Err(e) = d.firewall_changed() {
+            log::warn!("withdrawing admitted flows after a firewall change: {e:#}");
+        }
+    }
+}
+
 async fn follow_next_hops(underlay: u32, plugin: server::Shared) {
     use futures_util::StreamExt;
     let events = match crate::dataplane::netlink::Netlink::watch_next_hops(underlay) {

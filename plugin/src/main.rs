@@ -101,7 +101,8 @@ enum CacheAction {
         json: bool,
     },
     /// Drop everything learned, so that every flow is judged by the slow path and the host
-    /// firewall again. Run it after changing firewall rules.
+    /// firewall again. Needed after a firewall change only with iptables-legacy: nftables
+    /// changes (Debian's iptables, nft) withdraw admitted flows by themselves.
     Flush,
 }
 

@@ -5,6 +5,7 @@
 
 pub mod firewall;
 pub mod netlink;
+pub mod nftables;
 pub mod underlay;
 
 use crate::naming::{self, Owned};

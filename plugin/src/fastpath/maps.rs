@@ -182,6 +182,12 @@ impl Maps {
             + remove_where::<[u8; 4], c::OuterHeader>(&mut self.outer, |_, _| true)?)
     }
 
+    /// Every flow's admission goes (the outer headers stay): after a firewall change, each
+    /// flow is judged by the slow path's rules again before it returns to the fast path.
+    pub fn forget_flows(&mut self) -> Result<usize> {
+        remove_where::<c::FlowKey, c::FlowState>(&mut self.filter, |_, _| true)
+    }
+
     /// Outer headers that `stale(host, next-hop MAC)` selects go (they are learned again from
     /// the next slow-path packet to that host): after a neighbour or route change.
     pub fn forget_outer(&mut self, stale: impl Fn([u8; 4], [u8; 6]) -> bool) -> Result<usize> {

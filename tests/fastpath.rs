@@ -586,3 +586,56 @@ fn oversize_packets_and_rst_leave_the_fast_path() {
     }
     lab.finish();
 }
+
+/// A long flow on the fast path bypasses conntrack, so its conntrack entry can expire. When
+/// such a flow returns to the slow path (here: a firewall change withdraws admitted flows) it
+/// must not be dropped: liberal TCP tracking with mid-stream pickup (which oncache sets and
+/// Linux defaults to) and UDP's NEW-then-ESTABLISHED make it a connection again, every byte
+/// arrives, and it is admitted to the fast path again. Timeouts are shortened to 2 s in the
+/// hosts' own namespaces so that the entries really expire while the flow is fast.
+#[test]
+fn a_flow_whose_conntrack_entry_expired_continues_and_returns_to_the_fast_path() {
+    let lab = overlay(2, &[]);
+    let (h0, h1) = (lab.host(0), lab.host(1));
+    let (pa, a) = start(h0, "ca", &[]);
+    let (pb, _) = start(h1, "cb", &[]);
+    for h in [h0, h1] {
+        h.sh("sysctl -qw net.netfilter.nf_conntrack_tcp_timeout_established=2 net.netfilter.nf_conntrack_udp_timeout=2 net.netfilter.nf_conntrack_udp_timeout_stream=2");
+        assert_eq!(h.sh("cat /proc/sys/net/netfilter/nf_conntrack_tcp_loose").trim(), "1", "mid-stream pickup is on");
+    }
+    let _echo = Echo::start(&pa, 7009, "");
+    let client = udp_client(&pb, 0);
+    let (mut c, mut s) = support::traffic::tcp_connect(&pa, a, &pb, 5009).unwrap();
+    support::traffic::transfer(&mut c, &mut s, 0..8).unwrap();
+    exchange(&client, a, 7009, 50, 100).unwrap();
+
+    // Fast for longer than the timeouts: nothing refreshes the conntrack entries.
+    let before = [hits(h0), hits(h1)];
+    let mut block = 8;
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        support::traffic::transfer(&mut c, &mut s, block..block + 4).unwrap();
+        exchange(&client, a, 7009, 20, 100).unwrap();
+        block += 4;
+    }
+    assert_fast_both_ways("before the entries expired", [h0, h1], before, 500);
+    for h in [h0, h1] {
+        let left = h.sh("grep -E 'port=(5009|7009) ' /proc/net/nf_conntrack || true");
+        assert!(left.trim().is_empty(), "{}: conntrack entries of the fast flows did not expire:\n{left}", h.name);
+    }
+
+    // Back to the slow path on both hosts (a ruleset change), with the entries gone.
+    for h in [h0, h1] {
+        h.sh("iptables -w -N ONCACHE-TEST-CHANGE && iptables -w -X ONCACHE-TEST-CHANGE");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    support::traffic::transfer(&mut c, &mut s, block..block + 16).expect("TCP after its conntrack entry expired");
+    exchange(&client, a, 7009, 50, 100).expect("UDP after its conntrack entry expired");
+    block += 16;
+    // ... and on the fast path again.
+    let before = [hits(h0), hits(h1)];
+    support::traffic::transfer(&mut c, &mut s, block..block + 16).unwrap();
+    exchange(&client, a, 7009, 100, 100).unwrap();
+    assert_fast_both_ways("after the flows were admitted again", [h0, h1], before, 100);
+    lab.finish();
+}

@@ -225,3 +225,52 @@ fn ten_hosts_with_a_hundred_endpoints_each_converge_without_flooding() {
     drop(boxes);
     lab.finish();
 }
+
+/// A host that reboots (a power cut: its daemon killed, its namespace and every link in it
+/// gone, the state dir kept, and here even its pins) comes back knowing it: the container that
+/// died with the boot is forgotten on every host, nothing learned before the boot is used, and
+/// a container started afterwards with the same address is reached at once, then on the fast
+/// path again.
+#[test]
+fn a_rebooted_host_rebuilds_and_delivers_nothing_stale() {
+    let mut lab = cluster(2);
+    let mut boxes = Sandboxes::default();
+    let s = lab.suffix().to_string();
+    let a: Ipv4Addr = "10.208.0.60".parse().unwrap();
+    let pa = boxes.plug(lab.host(0), &format!("oc{s}ra"), NET, &ep_id(0, 1), "10.208.0.60");
+    let pb = boxes.plug(lab.host(1), &format!("oc{s}rb"), NET, &ep_id(1, 1), "10.208.0.61");
+    for h in lab.hosts() {
+        wait_remotes(h, 1, Duration::from_secs(20));
+    }
+    let echo = Echo::start(&pa, 7060, "a:");
+    let client = support::traffic::udp_client(&pb, 0);
+    exchange(&client, a, 7060, 50, 100).unwrap();
+    let before = hits(lab.host(1));
+    exchange(&client, a, 7060, 50, 100).unwrap();
+    assert!(hits(lab.host(1)) >= before + 40, "not on the fast path before the reboot: {}", stats(lab.host(1)));
+    drop(echo);
+
+    lab.reboot_host(0);
+    let (h0, h1) = (lab.host(0), lab.host(1));
+    assert!(h0.oncache_log().contains("a new boot or network namespace"), "the daemon did not notice the new boot:\n{}", h0.oncache_log());
+    let took = wait_remotes(h1, 0, Duration::from_secs(60));
+    eprintln!("host 1 forgot the container that died with host 0's boot after {took:?}");
+    let st = status(h0);
+    assert!(st["networks"][0]["endpoints"].as_array().unwrap().iter().all(|e| e["sandbox"].is_null()), "an endpoint still joined after the boot: {st:#}");
+    let c0 = cache(h0);
+    for t in ["outer", "filter", "ingress"] {
+        assert_eq!(c0[t].as_array().map(Vec::len), Some(0), "{t} entries from before the boot: {c0:#}");
+    }
+
+    // A container after the boot, with the same address: reached at once, answers are its own.
+    let pc = boxes.plug(h0, &format!("oc{s}rc"), NET, &ep_id(0, 2), "10.208.0.60");
+    let _echo = Echo::start(&pc, 7060, "c:");
+    wait_remotes(h1, 1, Duration::from_secs(20));
+    let tags = exchange(&client, a, 7060, 50, 100).expect("the new container answers");
+    assert!(tags.iter().all(|t| t == "c:"), "answers from before the boot: {tags:?}");
+    let before = [hits(h0), hits(h1)];
+    exchange(&client, a, 7060, 100, 100).unwrap();
+    assert!(hits(h0) >= before[0] + 90 && hits(h1) >= before[1] + 90, "not on the fast path again: {} {}", stats(h0), stats(h1));
+    drop(boxes);
+    lab.finish();
+}

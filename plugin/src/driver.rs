@@ -1019,6 +1019,18 @@ impl Driver {
     /// need, re-attach surviving veths, remove oncache links nothing owns.
     pub async fn reconcile(&mut self) -> Result<()> {
         let peers = self.usable_peers()?;
+        // After a reboot (or in a new namespace) what was learned from the old one's packets
+        // (outer headers: next-hop MACs and interfaces; admitted flows) describes links that
+        // are gone: drop it before anything is attached.
+        let boot = crate::dataplane::boot_identity();
+        let last = self.store.boot()?;
+        if last.as_deref().is_some_and(|b| b != boot) {
+            let dropped = match self.fast.as_mut() {
+                Some(f) => f.maps.flush()?,
+                None => 0,
+            };
+            log::info!("a new boot or network namespace since the last start: {dropped} learned fast-path entries dropped");
+        }
         let mut networks = self.store.networks()?;
         // Records of an older oncache have no zone yet.
         let mut used: Vec<u16> = networks.iter().map(|n| n.zone).filter(|z| *z != 0).collect();
@@ -1059,6 +1071,7 @@ impl Driver {
             c.set_peers(&peers);
         }
         self.publish().await?;
+        self.store.set_boot(&boot)?;
         log::info!(
             "reconciled {} networks, {} endpoints, {} remote endpoints, {} peers; removed orphans: {:?}",
             networks.len(),

@@ -14,6 +14,7 @@ use std::path::Path;
 /// Bumped whenever a stored value changes meaning; an older oncache refuses a newer store.
 pub const SCHEMA_VERSION: u32 = 1;
 const SCHEMA_KEY: &[u8] = b"schema_version";
+const BOOT_KEY: &[u8] = b"boot";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -72,6 +73,17 @@ impl Store {
     }
 
     /// Makes every write so far durable; called after each change the daemon acknowledges.
+    /// What identified the kernel and network namespace the daemon last started in.
+    pub fn boot(&self) -> Result<Option<String>> {
+        let meta = self.db.open_tree("meta")?;
+        Ok(meta.get(BOOT_KEY)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn set_boot(&self, boot: &str) -> Result<()> {
+        self.db.open_tree("meta")?.insert(BOOT_KEY, boot.as_bytes())?;
+        self.flush()
+    }
+
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())

@@ -228,6 +228,12 @@ impl Lab {
             oncache_bpffs: true,
             bg_counter: AtomicUsize::new(0),
         });
+        self.plumb_host(i);
+    }
+
+    /// The host's namespace gets lo up and its underlay: a veth to the switch, with its address.
+    fn plumb_host(&self, i: usize) {
+        let (name, underlay_ip) = (self.hosts[i].netns.clone(), self.hosts[i].underlay_ip);
         let sw = self.switch_netns.clone();
         let port = self.switch_port(i);
         ip(&["-n", &name, "link", "set", "lo", "up"]);
@@ -329,6 +335,21 @@ impl Lab {
             hs.into_iter().map(|h| h.join()).collect::<Vec<_>>()
         });
         first_panic(results);
+    }
+
+    /// "Reboots" host `i`, which runs oncache but no dockerd: the daemon is killed (a power
+    /// cut), the network namespace goes with every link in it (veths of its containers too), a
+    /// new one is made with the same underlay address, and the daemon starts again with the same
+    /// arguments and state dir. Its pins in the machine's bpffs stay, which a real reboot would
+    /// empty: harsher than a real one.
+    pub fn reboot_host(&mut self, i: usize) {
+        assert!(self.hosts[i].dockerd.is_none(), "reboot_host: {} runs dockerd", self.hosts[i].name);
+        self.hosts[i].kill_oncache();
+        let name = self.hosts[i].netns.clone();
+        cleanup::delete_netns(&name).unwrap_or_else(|e| panic!("rebooting {name}: {e}"));
+        ip(&["netns", "add", &name]);
+        self.plumb_host(i);
+        self.hosts[i].spawn_oncache();
     }
 
     /// Drop the lab (full clean-up), then [`assert_no_leaks`].

@@ -303,3 +303,12 @@ impl Dataplane {
         Ok(self.nl.link(name).await?.map(|l| l.index))
     }
 }
+
+/// What tells this boot of this host from another: the kernel's boot ID and the network
+/// namespace's inode. A change means that every link, neighbour and route is new.
+pub fn boot_identity() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let netns = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()).unwrap_or(0);
+    format!("{} {netns}", boot.trim())
+}

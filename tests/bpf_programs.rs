@@ -16,6 +16,7 @@ mod lab;
 mod support;
 
 use lab::Lab;
+use oncache_common::{ADMIT_MARK, PROG_EGRESS_FAST, PROG_EGRESS_LEARN, PROG_INGRESS_FAST, PROG_INGRESS_LEARN, VXLAN_PORT};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
@@ -28,8 +29,6 @@ const TC_ACT_REDIRECT: u32 = 7;
 const VNI: u32 = 320;
 const CLIENT_PORT: u16 = 40320;
 const ECHO_PORT: u16 = 7320;
-/// The admission mark (oncache_common::ADMIT_MARK): the learners look only at marked packets.
-const ADMIT_MARK: u32 = 0x0010_0000;
 
 /// A pinned program, opened with BPF_OBJ_GET.
 struct Prog {
@@ -148,7 +147,7 @@ fn vxlan_frame(to_mac: [u8; 6], from_mac: [u8; 6], from: Ipv4Addr, to: Ipv4Addr,
     fix_ipv4_checksum(&mut ip);
     f.extend_from_slice(&ip);
     f.extend_from_slice(&50_000u16.to_be_bytes());
-    f.extend_from_slice(&4789u16.to_be_bytes());
+    f.extend_from_slice(&VXLAN_PORT.to_be_bytes());
     f.extend_from_slice(&((8 + 8 + inner.len()) as u16).to_be_bytes());
     f.extend_from_slice(&[0, 0]);
     let v = VNI.to_be_bytes();
@@ -300,9 +299,9 @@ fn programs_redirect_only_the_flows_own_well_formed_frames() {
     let bpf_dir = h0.bpf_dir.clone();
 
     let report = in_netns(&h0.netns_path(), move || {
-        let egress = Prog::open(&bpf_dir, "oncache_egress_fast");
-        let ingress = Prog::open(&bpf_dir, "oncache_ingress_fast");
-        let learners = [Prog::open(&bpf_dir, "oncache_egress_learn"), Prog::open(&bpf_dir, "oncache_ingress_learn")];
+        let egress = Prog::open(&bpf_dir, PROG_EGRESS_FAST);
+        let ingress = Prog::open(&bpf_dir, PROG_INGRESS_FAST);
+        let learners = [Prog::open(&bpf_dir, PROG_EGRESS_LEARN), Prog::open(&bpf_dir, PROG_INGRESS_LEARN)];
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
 
         // The real frames: redirected, and rewritten exactly.
@@ -313,7 +312,7 @@ fn programs_redirect_only_the_flows_own_well_formed_frames() {
         assert_eq!(&out[0..6], &ul_mac1, "outer destination MAC: the next hop towards host 1");
         assert_eq!(&out[26..30], &ip0.octets());
         assert_eq!(&out[30..34], &ip1.octets());
-        assert_eq!(u16::from_be_bytes([out[36], out[37]]), 4789);
+        assert_eq!(u16::from_be_bytes([out[36], out[37]]), VXLAN_PORT);
         assert_eq!(&out[42..50], &[0x08, 0, 0, 0, 0, 1, 0x40, 0], "VXLAN header with VNI {VNI}");
         assert_eq!(inet_checksum(&out[14..34]), 0, "outer IPv4 checksum");
         let (ret, out) = ingress.run(&in_frame, ul0, 0);

@@ -355,6 +355,9 @@ fn flush_leave_peer_removal_and_network_delete_invalidate() {
     assert!(udp_exchange(&pb, a, 7004, 1, 100, 0).is_err(), "a new flow passed the DROP rule");
     assert!(exchange(&client, a, 7004, 3, 100).is_err(), "the admitted flow passed the DROP rule again");
     h1.sh(&format!("iptables -w -D {rule}"));
+    // That change withdraws admitted flows too, a moment later: let it land before the flow
+    // is admitted again and measured.
+    std::thread::sleep(Duration::from_millis(500));
     let out = cli(h1, &["cache", "flush"]).unwrap();
     assert!(out.contains("flushed"), "{out}");
     exchange(&client, a, 7004, 50, 100).expect("slow path again without the rule");

@@ -346,6 +346,9 @@ impl Lab {
         assert!(self.hosts[i].dockerd.is_none(), "reboot_host: {} runs dockerd", self.hosts[i].name);
         self.hosts[i].kill_oncache();
         let name = self.hosts[i].netns.clone();
+        // The switch's end of the old underlay first: a deleted namespace's links go
+        // asynchronously, and the new veth takes the same name.
+        ip(&["-n", &self.switch_netns, "link", "del", &self.switch_port(i)]);
         cleanup::delete_netns(&name).unwrap_or_else(|e| panic!("rebooting {name}: {e}"));
         ip(&["netns", "add", &name]);
         self.plumb_host(i);

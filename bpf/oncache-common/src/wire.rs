@@ -72,16 +72,21 @@ pub fn vxlan_vni(v: &[u8; 8]) -> Option<u32> {
 mod tests {
     use super::*;
 
-    /// A valid header: 10.0.0.1 -> 10.0.0.2, UDP, total length 28 + payload.
-    fn header(payload: u16) -> [u8; 20] {
+    /// A valid header: 10.0.0.1 -> 10.0.0.2, UDP, total length `tot_len`.
+    fn with_len(tot_len: u16) -> [u8; 20] {
         let mut h = [0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
-        h[2..4].copy_from_slice(&(28 + payload).to_be_bytes());
+        h[2..4].copy_from_slice(&tot_len.to_be_bytes());
         let mut sum: u32 = h.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
         while sum > 0xffff {
             sum = (sum & 0xffff) + (sum >> 16);
         }
         h[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
         h
+    }
+
+    /// A valid header carrying UDP and `payload` bytes.
+    fn header(payload: u16) -> [u8; 20] {
+        with_len(28 + payload)
     }
 
     #[test]
@@ -99,17 +104,6 @@ mod tests {
 
     #[test]
     fn options_fragments_and_lengths_are_refused() {
-        let with_len = |len: u16| {
-            let mut h = header(0);
-            h[2..4].copy_from_slice(&len.to_be_bytes());
-            h[10..12].copy_from_slice(&[0, 0]);
-            let mut sum: u32 = h.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
-            while sum > 0xffff {
-                sum = (sum & 0xffff) + (sum >> 16);
-            }
-            h[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-            h
-        };
         assert!(ipv4_ok(&with_len(128), 8, 128), "exactly the frame");
         assert!(ipv4_ok(&with_len(60), 8, 128), "Ethernet padding after the packet");
         assert!(!ipv4_ok(&with_len(129), 8, 128), "longer than the frame: truncated");

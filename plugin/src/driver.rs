@@ -8,7 +8,7 @@ use crate::cluster::{self, Cluster, Published, Remote};
 use crate::control::{NetworkStatus, Status};
 use crate::dataplane::{Dataplane, NetSpec};
 use crate::fastpath::{self, FastPath};
-use crate::{naming, options};
+use crate::{crashpoint, naming, options};
 use anyhow::{anyhow, bail, Context, Result};
 use libnetwork_api::driver as api;
 use oncache_store::{CniOwner, Endpoint, Ipam, Network, PeerSource, Store};
@@ -160,6 +160,11 @@ impl Driver {
     }
 
     /// The fast path, or why there is none (it is loaded after the socket is served).
+    /// The store, for what the front ends keep beside the driver's records (calls in flight).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub fn set_fast(&mut self, fast: Result<FastPath, String>) {
         (self.fast, self.fast_off) = match fast {
             Ok(f) => (Some(f), String::new()),
@@ -371,6 +376,7 @@ impl Driver {
             ipam: spec.ipam,
         };
         self.store.put_network(&n)?;
+        crashpoint::here(crashpoint::NETWORK_STORED);
         if let Err(e) = self.dp.add_zone(vni, zone) {
             log::warn!("network {}: {e:#}; its connections share the host's conntrack zone", n.id);
         }
@@ -455,6 +461,7 @@ impl Driver {
         if let (Some(_), Some(subnet)) = (&n.ipam, n.ipv4_pools.first()) {
             self.dp.remove_gateway_rules(n.vni, subnet);
         }
+        crashpoint::here(crashpoint::NETWORK_UNLINKED);
         self.store.delete_network(id)?;
         self.publish().await?;
         log::info!("network {id} deleted (VNI {})", n.vni);
@@ -575,6 +582,7 @@ impl Driver {
                     cni: None,
                 };
                 self.store.put_endpoint(&e)?;
+                crashpoint::here(crashpoint::ENDPOINT_STORED);
                 Ok(e)
             }
         }
@@ -602,6 +610,7 @@ impl Driver {
         }
         let vni = self.vni_of(ep.as_ref())?;
         self.unplug(id, ep.as_ref(), vni).await?;
+        crashpoint::here(crashpoint::DELETE_UNLINKED);
         if let Some(ep) = self.store.delete_endpoint(id)? {
             if ep.sandbox.is_some() {
                 self.publish().await?;
@@ -639,18 +648,21 @@ impl Driver {
         }
         let mac = naming::parse_mac(&ep.mac).map_err(|e| anyhow!(e))?;
         let src = self.dp.ensure_veth(&ep.id, net_spec(&n), mac).await?;
+        crashpoint::here(crashpoint::JOIN_LINKED);
         ep.sandbox = Some(sandbox.to_string());
         ep.joined_at = now_ms();
         if let Err(e) = self.store.put_endpoint(&ep) {
             let _ = self.dp.remove_veth(&ep.id).await;
             return Err(e.into());
         }
+        crashpoint::here(crashpoint::JOIN_STORED);
         // The address lives here now: what other hosts had of it is stale.
         let mine: Vec<_> = addrs_of(&ep).into_iter().map(|ip| (n.vni, ip)).collect();
         self.drop_remotes(|k| mine.contains(k)).await?;
         if let Err(e) = self.plug_fast(&ep, &n).await {
             log::warn!("endpoint {}: fast path not attached, slow path only: {e:#}", ep.id);
         }
+        crashpoint::here(crashpoint::JOIN_FAST);
         self.publish().await?;
         log::info!("endpoint {} joined {sandbox} via {src}", ep.id);
         Ok(src)
@@ -818,9 +830,11 @@ impl Driver {
         }
         let vni = self.vni_of(ep.as_ref())?;
         self.unplug(id, ep.as_ref(), vni).await?;
+        crashpoint::here(crashpoint::LEAVE_UNLINKED);
         if let Some(mut ep) = ep {
             if ep.sandbox.take().is_some() {
                 self.store.put_endpoint(&ep)?;
+                crashpoint::here(crashpoint::LEAVE_STORED);
                 self.publish().await?;
                 log::info!("endpoint {} left", ep.id);
             }

@@ -6,6 +6,7 @@
 
 use crate::control;
 use crate::driver::Driver;
+use crate::inflight::{Calls, Plan};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -34,11 +35,12 @@ const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
 pub struct Plugin {
     pub driver: Mutex<Driver>,
     capabilities: api::CapabilitiesResponse,
+    calls: Calls,
 }
 
 impl Plugin {
     pub fn new(driver: Driver) -> Shared {
-        Arc::new(Plugin { capabilities: driver.capabilities(), driver: Mutex::new(driver) })
+        Arc::new(Plugin { capabilities: driver.capabilities(), calls: Calls::new(driver.store().clone()), driver: Mutex::new(driver) })
     }
 }
 
@@ -185,9 +187,23 @@ async fn handle(driver: Shared, r: Request<Incoming>, peer: Option<u32>) -> Resu
         Err(_) => return Ok(error(&Fault::bad(format!("{method}: request body not received within {READ_TIMEOUT:?}")))),
     };
     log::debug!("{method} {}", String::from_utf8_lossy(&body));
+    let (body, record) = match driver.calls.plan(&method, &body) {
+        Plan::Run(record) => (body, record),
+        Plan::Replay(record, body) => (Bytes::from(body), Some(record)),
+        Plan::Refuse(msg) => {
+            log::warn!("{msg}");
+            return Ok(error(&Fault::bad(msg)));
+        }
+    };
     // On a task of its own: a client that hangs up (dockerd gives up after its time-out) must
     // not cancel a call halfway between its store and kernel changes.
-    let call = tokio::spawn(async move { answer_from(&driver, &method, &body, peer).await });
+    let call = tokio::spawn(async move {
+        let answer = answer_from(&driver, &method, &body, peer).await;
+        if let Some(id) = record {
+            driver.calls.done(id);
+        }
+        answer
+    });
     Ok(call.await.unwrap_or_else(|e| error(&Fault::failed(anyhow::anyhow!("the call did not complete: {e}")))))
 }
 

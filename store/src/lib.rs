@@ -28,6 +28,10 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+fn corrupt<T: DeserializeOwned>(key: &str, v: &[u8]) -> Result<T> {
+    serde_json::from_slice(v).map_err(|source| Error::Corrupt { key: key.into(), source })
+}
+
 /// The handle to the state; cheap to clone (sled trees are reference counted).
 #[derive(Clone)]
 pub struct Store {
@@ -37,6 +41,18 @@ pub struct Store {
     peers: sled::Tree,
     /// Swarm networks this host allocated as the leader: network ID → VNI.
     allocations: sled::Tree,
+    /// Calls in flight (see [`Store::begin_call`]): sequence number → [`Call`].
+    calls: sled::Tree,
+}
+
+/// A driver call received and not yet answered, kept so that a restarted daemon can serve
+/// dockerd's retry of it: dockerd resends a call cut off by a crash without its body.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Call {
+    pub method: String,
+    pub body: String,
+    /// When it was received, ms since the epoch.
+    pub at_ms: u64,
 }
 
 impl Store {
@@ -60,6 +76,7 @@ impl Store {
             endpoints: db.open_tree("endpoints")?,
             peers: db.open_tree("peers")?,
             allocations: db.open_tree("allocations")?,
+            calls: db.open_tree("calls")?,
             db,
         })
     }
@@ -87,6 +104,37 @@ impl Store {
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
+    }
+
+    // Calls in flight.
+
+    /// Records a call before it runs (durable: it must outlive a crash during the call);
+    /// returns its sequence number for [`Store::end_call`].
+    pub fn begin_call(&self, call: &Call) -> Result<u64> {
+        let id = self.db.generate_id()?;
+        self.calls.insert(id.to_be_bytes(), serde_json::to_vec(call).expect("serializes"))?;
+        self.flush()?;
+        Ok(id)
+    }
+
+    /// The call was answered. Durable too: a completed call found again after a crash would
+    /// be served to the retry of another.
+    pub fn end_call(&self, id: u64) -> Result<Option<Call>> {
+        let old = self.calls.remove(id.to_be_bytes())?;
+        self.flush()?;
+        old.map(|v| corrupt("call", &v)).transpose()
+    }
+
+    /// Calls recorded and not answered, oldest first.
+    pub fn calls(&self) -> Result<Vec<(u64, Call)>> {
+        self.calls
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+                Ok((id, corrupt("call", &v)?))
+            })
+            .collect()
     }
 
     // Networks, keyed by Docker's network ID.

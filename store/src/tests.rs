@@ -188,3 +188,21 @@ fn cni_records_round_trip_and_older_records_still_read() {
     // And a Docker record does not grow the new keys.
     assert!(!serde_json::to_string(&ep("e1", "n1")).unwrap().contains("cni"));
 }
+
+#[test]
+fn calls_in_flight_survive_a_reopen_until_ended_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let call = |m: &str, at| Call { method: m.into(), body: format!("{{\"at\":{at}}}"), at_ms: at };
+    let (a, b, c) = {
+        let s = Store::open(dir.path()).unwrap();
+        let a = s.begin_call(&call("NetworkDriver.Join", 1)).unwrap();
+        let b = s.begin_call(&call("NetworkDriver.Leave", 2)).unwrap();
+        let c = s.begin_call(&call("NetworkDriver.Join", 3)).unwrap();
+        assert_eq!(s.end_call(b).unwrap(), Some(call("NetworkDriver.Leave", 2)));
+        assert_eq!(s.end_call(b).unwrap(), None, "ended twice");
+        (a, b, c)
+    };
+    let s = reopen_result(dir.path()).unwrap();
+    assert_eq!(s.calls().unwrap(), vec![(a, call("NetworkDriver.Join", 1)), (c, call("NetworkDriver.Join", 3))]);
+    assert!(a < c && b < c, "sequence numbers grow");
+}

@@ -79,7 +79,8 @@ pub struct FastPath {
 /// Where the maps are pinned; renamed whenever a map's key or value layout changes, so that a
 /// new daemon never loads against maps of an older layout (their programs keep them alive
 /// until they are replaced; then the old folder is removed).
-const MAPS_DIR: &str = "maps-v2";
+/// Where the maps are pinned under the bpf dir (versioned: a layout change gets new pins).
+pub const MAPS_DIR: &str = "maps-v2";
 
 fn pin_dirs(dir: &Path) -> [PathBuf; 3] {
     [dir.join(MAPS_DIR), dir.join("progs"), dir.join("links")]

@@ -833,7 +833,9 @@ exec {dockerd}
         self.spawn_dockerd();
     }
 
-    fn docker_cmd(&self, args: &[&str]) -> Command {
+    /// The docker CLI command for this host's dockerd, to run where `&self` cannot go (other
+    /// threads, while the host is being changed).
+    pub fn docker_cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(docker_bin());
         c.env_remove("DOCKER_HOST")
             .env_remove("DOCKER_CONTEXT")
@@ -1171,6 +1173,18 @@ exec {dockerd}
         let st = process::kill_and_reap(&mut child);
         self.note_in_oncache_log("plugin killed (SIGKILL)");
         st
+    }
+
+    /// Start the plugin again (after it exited or was killed) with its last command, `env`
+    /// set on top of that command's environment from now on (an empty value unsets nothing:
+    /// it is passed as empty).
+    pub fn respawn_oncache(&mut self, env: &[(&str, &str)]) {
+        let cmd = self.oncache_cmd.as_mut().expect("the plugin was never started");
+        for (k, v) in env {
+            cmd.env.retain(|(e, _)| e != k);
+            cmd.env.push((k.to_string(), v.to_string()));
+        }
+        self.spawn_oncache();
     }
 
     /// Stop the plugin and start it again with the same command.

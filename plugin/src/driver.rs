@@ -32,6 +32,8 @@ pub struct Driver {
     global: bool,
     /// Swarm peers announced again while already peers, and when (see `discover`).
     swarm_renewed: std::collections::HashMap<IpAddr, std::time::Instant>,
+    /// Docker endpoints seen not joined to a sandbox, and since when (see `reap.rs`).
+    unjoined_since: std::collections::HashMap<String, std::time::Instant>,
 }
 
 /// How long a repeated DiscoverNew for a peer outweighs a DiscoverDelete for it.
@@ -154,7 +156,7 @@ fn pools(data: &[api::IpamData]) -> Result<Vec<String>> {
 
 impl Driver {
     pub fn new(store: Store, dp: Dataplane, fast: Result<FastPath, String>, cluster: Option<Arc<Cluster>>, global: bool) -> Driver {
-        let mut d = Driver { store, dp, fast: None, fast_off: String::new(), cluster, remotes: BTreeMap::new(), global, swarm_renewed: Default::default() };
+        let mut d = Driver { store, dp, fast: None, fast_off: String::new(), cluster, remotes: BTreeMap::new(), global, swarm_renewed: Default::default(), unjoined_since: Default::default() };
         d.set_fast(fast);
         d
     }
@@ -209,6 +211,7 @@ impl Driver {
         let networks = self.store.networks()?;
         if v.resync_kernel {
             self.reap_dead_endpoints().await?;
+            self.reap_unjoined_endpoints()?;
             // Anti-entropy with the kernel too: entries someone removed or changed by hand come
             // back, and stray ones go.
             let vnis: Vec<u32> = networks.iter().map(|n| n.vni).collect();

@@ -3,6 +3,11 @@
 use super::Driver;
 use crate::naming;
 use anyhow::Result;
+use std::time::{Duration, Instant};
+
+/// dockerd joins an endpoint right after creating it and deletes it right after it leaves;
+/// one that stays unjoined this long is one whose DeleteEndpoint was lost.
+pub const UNJOINED_GRACE: Duration = Duration::from_secs(30);
 
 impl Driver {
     /// Joined endpoints whose host veth is gone: the pair goes with the container's network
@@ -30,6 +35,29 @@ impl Driver {
         }
         if reaped > 0 {
             self.publish().await?;
+        }
+        Ok(reaped)
+    }
+
+    /// Docker endpoints that stay unjoined past [`UNJOINED_GRACE`]: their DeleteEndpoint was
+    /// cut off by a crash before it was recorded (dockerd's retry then carries no body and
+    /// names nothing, and dockerd forgets the endpoint whatever the answer). Their records go;
+    /// they have no links or fast-path state (Leave, or the dead-endpoint reaper, took them).
+    /// Returns how many went.
+    pub fn reap_unjoined_endpoints(&mut self) -> Result<usize> {
+        let now = Instant::now();
+        let unjoined: Vec<String> =
+            self.store.endpoints()?.into_iter().filter(|e| e.sandbox.is_none() && e.cni.is_none()).map(|e| e.id).collect();
+        self.unjoined_since.retain(|id, _| unjoined.contains(id));
+        let mut reaped = 0;
+        for id in unjoined {
+            let since = *self.unjoined_since.entry(id.clone()).or_insert(now);
+            if now.duration_since(since) >= UNJOINED_GRACE {
+                self.store.delete_endpoint(&id)?;
+                self.unjoined_since.remove(&id);
+                log::info!("endpoint {id} deleted: unjoined for {UNJOINED_GRACE:?}, its DeleteEndpoint was lost");
+                reaped += 1;
+            }
         }
         Ok(reaped)
     }

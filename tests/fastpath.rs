@@ -379,9 +379,15 @@ fn flush_leave_peer_removal_and_network_delete_invalidate() {
     });
 
     // Peer removed: its outer header and every container learned behind it go.
-    let (pc, _) = start(h1, "cc", &[]);
+    // cc gets cb's address back; ca still has it in its ARP cache, so its answers go out at
+    // once and are dropped until the control plane tells ca's host where cc is (nothing is
+    // flooded): wait for that, as a client retransmitting would.
+    let (pc, c) = start(h1, "cc", &[]);
+    let (cs, ip1) = (c.to_string(), h1.underlay_ip.to_string());
+    lab::wait_for("ca's host to learn cc", Duration::from_secs(10), || {
+        has_entry(&cache(h0), "egress", |e| e["ip"] == cs.as_str() && e["vtep"] == ip1.as_str()).then_some(())
+    });
     udp_exchange(&pc, a, 7004, 100, 100, 0).unwrap();
-    let ip1 = h1.underlay_ip.to_string();
     assert!(has_entry(&cache(h0), "outer", |o| o["vtep"] == ip1.as_str()));
     cli(h0, &["peer", "rm", &ip1]).unwrap();
     let c0 = cache(h0);

@@ -222,6 +222,11 @@ async fn follow_cluster(cluster: Arc<Cluster>, plugin: server::Shared) {
 /// teaches the new one. A neighbour merely ageing (same MAC) changes nothing.
 /// Withdraws admitted flows whenever the ruleset changes, so that a new rule (a DROP in
 /// DOCKER-USER, say) applies to flows already on the fast path too, within moments.
+/// How long the ruleset must stay unchanged before admitted flows are withdrawn, and the
+/// longest a burst of changes may delay that.
+const FIREWALL_QUIET: std::time::Duration = std::time::Duration::from_millis(50);
+const FIREWALL_BURST_MAX: std::time::Duration = std::time::Duration::from_millis(500);
+
 async fn follow_firewall(plugin: server::Shared) {
     let mut watch = match crate::dataplane::nftables::RulesetWatch::open() {
         Ok(w) => w,
@@ -235,9 +240,22 @@ async fn follow_firewall(plugin: server::Shared) {
             log::warn!("{e:#}; no longer following firewall changes");
             return;
         }
-        // A rule change is often several transactions in a row (iptables -I, then -N, ...):
-        // take them as one, a moment later.
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // A rule change is often a burst of transactions (each iptables command is one; Docker
+        // creating docker_gwbridge is some 40 in 150 ms): absorb it until 50 ms pass quietly,
+        // and withdraw once. Taken one by one they would withdraw again and again, for seconds
+        // after the burst. A ruleset that never stops changing still withdraws twice a second.
+        let deadline = tokio::time::Instant::now() + FIREWALL_BURST_MAX;
+        loop {
+            let quiet = (tokio::time::Instant::now() + FIREWALL_QUIET).min(deadline);
+            match tokio::time::timeout_at(quiet, watch.changed()).await {
+                Ok(Ok(())) if tokio::time::Instant::now() < deadline => continue,
+                Ok(Ok(())) | Err(_) => break,
+                Ok(Err(e)) => {
+                    log::warn!("{e:#}; no longer following firewall changes");
+                    return;
+                }
+            }
+        }
         let mut d = plugin.driver.lock().await;
         if let Err(e) = d.firewall_changed() {
             log::warn!("withdrawing admitted flows after a firewall change: {e:#}");

@@ -24,7 +24,8 @@ impl RulesetWatch {
     }
 
     /// Waits for the next committed transaction (a lost notification, when the socket's
-    /// buffer overflowed, counts as one: something changed).
+    /// buffer overflowed, counts as one: something changed). Cancel-safe: a wait given up
+    /// consumes nothing.
     pub async fn changed(&mut self) -> Result<()> {
         loop {
             match self.0.recv_from_full().await {

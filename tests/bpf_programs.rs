@@ -1,10 +1,11 @@
 //! The fast-path programs themselves against crafted and malformed frames. BPF_PROG_TEST_RUN
 //! runs a pinned program on a frame without sending it anywhere and returns its verdict and
 //! the frame as the program left it. Two lab hosts with a fast network and an admitted UDP flow
-//! between two namespaces standing in for containers, so that the caches hold what real traffic
-//! put there; then each program gets the flow's own frame (the fast programs must redirect it,
-//! rewritten exactly as the slow path would have) and thousands of truncated, bit-flipped,
-//! restructured and random ones: never redirected, and handed on untouched.
+//! and TCP connection between two namespaces standing in for containers, so that the caches
+//! hold what real traffic put there; then each program gets the flows' own frames (the fast
+//! programs must redirect them, rewritten exactly as the slow path would have) and thousands of
+//! truncated, bit-flipped, restructured and random ones: never redirected, and handed on
+//! untouched. A TCP SYN, FIN or RST is never redirected and ends the connection's admission.
 //!
 //! A frame counts as malformed when the kernel's slow path would drop it (bad IPv4 checksum or
 //! lengths, options, fragments, a VXLAN header with flags other than "VNI present", an outer
@@ -21,7 +22,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
-use support::traffic::{exchange, in_netns, inet_checksum, mac_in, udp_frame, Echo};
+use support::traffic::{exchange, in_netns, inet_checksum, mac_in, tcp_connect, tcp_frame, udp_frame, Echo, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use support::{counter, create_network_api, stats, wait_remotes, Sandboxes};
 
 const TC_ACT_OK: u32 = 0;
@@ -29,6 +30,7 @@ const TC_ACT_REDIRECT: u32 = 7;
 const VNI: u32 = 320;
 const CLIENT_PORT: u16 = 40320;
 const ECHO_PORT: u16 = 7320;
+const TCP_PORT: u16 = 7321;
 
 /// A pinned program, opened with BPF_OBJ_GET.
 struct Prog {
@@ -253,6 +255,18 @@ fn random_frames(rng: &mut Rng, n: usize, like: &[u8], max_keep: usize) -> Vec<(
         .collect()
 }
 
+/// `n` 64-byte round trips over a connection (client writes, server echoes).
+fn round_trips(c: &mut std::net::TcpStream, s: &mut std::net::TcpStream, n: usize) {
+    use std::io::{Read, Write};
+    let mut buf = [0u8; 64];
+    for i in 0..n {
+        c.write_all(&[i as u8; 64]).unwrap();
+        s.read_exact(&mut buf).unwrap();
+        s.write_all(&buf).unwrap();
+        c.read_exact(&mut buf).unwrap();
+    }
+}
+
 #[test]
 fn programs_redirect_only_the_flows_own_well_formed_frames() {
     let mut lab = Lab::new(2);
@@ -287,6 +301,13 @@ fn programs_redirect_only_the_flows_own_well_formed_frames() {
     exchange(&client, b, ECHO_PORT, 50, 64).expect("the flow over the fast path");
     assert!(hits(h0) >= before + 40, "the flow is not on the fast path: {}", stats(h0));
 
+    // A TCP connection a -> b:TCP_PORT, on the fast path after a few round trips.
+    let (mut tc, mut ts) = tcp_connect(&ns1, b, &ns0, TCP_PORT).expect("TCP connection");
+    let tcp_a = tc.local_addr().unwrap().port();
+    let before = hits(h0);
+    round_trips(&mut tc, &mut ts, 50);
+    assert!(hits(h0) >= before + 40, "the TCP connection is not on the fast path: {}", stats(h0));
+
     let (mac_a, mac_b) = (mac_in(&ns0, "eth0"), mac_in(&ns1, "eth0"));
     let payload: Vec<u8> = (0..64u8).collect();
     let out_frame = udp_frame(mac_a, mac_b, SocketAddrV4::new(a, CLIENT_PORT), SocketAddrV4::new(b, ECHO_PORT), &payload);
@@ -294,6 +315,11 @@ fn programs_redirect_only_the_flows_own_well_formed_frames() {
     let ul_mac0 = mac_in(&h0.netns_path(), lab::UNDERLAY_IF);
     let ul_mac1 = mac_in(&h1.netns_path(), lab::UNDERLAY_IF);
     let in_frame = vxlan_frame(ul_mac0, ul_mac1, ip1, ip0, &in_inner);
+    let (tcp_src, tcp_dst) = (SocketAddrV4::new(a, tcp_a), SocketAddrV4::new(b, TCP_PORT));
+    let segment = move |flags: u8| tcp_frame(mac_a, mac_b, tcp_src, tcp_dst, flags, 1000, &[9; 64]);
+    let tcp_out = segment(TCP_ACK | TCP_PSH);
+    let tcp_in_inner = tcp_frame(mac_b, mac_a, tcp_dst, tcp_src, TCP_ACK | TCP_PSH, 2000, &[9; 64]);
+    let tcp_in = vxlan_frame(ul_mac0, ul_mac1, ip1, ip0, &tcp_in_inner);
     let veth0 = ifindex(&h0.netns_path(), &format!("ocve{}", &ep0[..11]));
     let ul0 = ifindex(&h0.netns_path(), lab::UNDERLAY_IF);
     let bpf_dir = h0.bpf_dir.clone();
@@ -339,16 +365,52 @@ fn programs_redirect_only_the_flows_own_well_formed_frames() {
         *fine.last_mut().unwrap() ^= 0xff;
         assert_eq!(egress.run(&fine, veth0, 0).0, TC_ACT_REDIRECT, "a payload change is still the flow");
 
+        // TCP: the connection's own segments take the fast path, rewritten exactly; malformed
+        // ones never, and they change nothing; a SYN, FIN or RST is the slow path's and ends
+        // the connection's admission until the slow path admits it again.
+        let (ret, out) = egress.run(&tcp_out, veth0, 0);
+        assert_eq!(ret, TC_ACT_REDIRECT, "egress_fast did not redirect the TCP connection's segment");
+        assert_eq!(&out[50..], &tcp_out[..], "the inner TCP frame changed");
+        let (ret, out) = ingress.run(&tcp_in, ul0, 0);
+        assert_eq!(ret, TC_ACT_REDIRECT, "ingress_fast did not redirect the TCP connection's segment");
+        assert_eq!(out, tcp_in_inner, "TCP decapsulation is not exactly the inner frame");
+        let mut tcp_bad = restructured(&tcp_out, 14);
+        // Everything up to the ports; sequence numbers, window and checksum are the receiver's.
+        tcp_bad.extend(flips(&tcp_out, 0..38, &[]));
+        let mut tcp_in_bad: Vec<(String, Vec<u8>)> = restructured(&tcp_in, 64).into_iter().map(|(w, f)| (format!("inner {w}"), f)).collect();
+        tcp_in_bad.extend(flips(&tcp_in, 0..88, &[6..12, 34..36]));
+        for (p, frames, ifindex) in [(&egress, &tcp_bad, veth0), (&ingress, &tcp_in_bad, ul0)] {
+            let verdicts = run_all(p, frames, ifindex, 0);
+            let wrong: Vec<&String> = frames.iter().zip(&verdicts).filter(|(_, r)| **r == Some(TC_ACT_REDIRECT)).map(|((w, _), _)| w).collect();
+            assert!(wrong.is_empty(), "{} redirected {} malformed TCP frames: {wrong:?}", p.name, wrong.len());
+        }
+        assert_eq!(egress.run(&tcp_out, veth0, 0).0, TC_ACT_REDIRECT, "malformed frames ended the connection's admission");
+        for (what, flags) in [("SYN", TCP_SYN), ("FIN", TCP_FIN | TCP_ACK), ("RST", TCP_RST | TCP_ACK)] {
+            let verdicts = run_all(&egress, &[(what.to_string(), segment(flags))], veth0, 0);
+            assert_eq!(verdicts, [Some(TC_ACT_OK)], "egress_fast redirected a {what}");
+            assert_eq!(egress.run(&tcp_out, veth0, 0).0, TC_ACT_OK, "after a {what} the connection stayed admitted");
+            let back = lab::try_wait_for(Duration::from_secs(5), || {
+                round_trips(&mut tc, &mut ts, 3);
+                (egress.run(&tcp_out, veth0, 0).0 == TC_ACT_REDIRECT).then_some(())
+            });
+            assert!(back.is_some(), "after a {what} the slow path never admitted the connection again");
+        }
+
         // The learners only ever look: every frame passes, untouched, marked or not.
-        let mut all: Vec<(String, Vec<u8>)> = vec![("flow frame".into(), out_frame.clone()), ("vxlan frame".into(), in_frame.clone())];
-        all.extend(egress_bad.iter().chain(&ingress_bad).chain(&random).cloned());
+        let mut all: Vec<(String, Vec<u8>)> = vec![
+            ("flow frame".into(), out_frame.clone()),
+            ("vxlan frame".into(), in_frame.clone()),
+            ("TCP segment".into(), tcp_out.clone()),
+            ("TCP in VXLAN".into(), tcp_in.clone()),
+        ];
+        all.extend(egress_bad.iter().chain(&ingress_bad).chain(&random).chain(&tcp_bad).chain(&tcp_in_bad).cloned());
         for p in &learners {
             for (mark, ifindex) in [(0, ul0), (ADMIT_MARK, ul0), (ADMIT_MARK, veth0)] {
                 let verdicts = run_all(p, &all, ifindex, mark);
                 assert!(verdicts.iter().all(|r| r.is_none_or(|r| r == TC_ACT_OK)), "{} redirected a frame", p.name);
             }
         }
-        (egress_bad.len() + random.len(), ingress_bad.len() + random_in.len(), all.len() * 6)
+        (egress_bad.len() + random.len() + tcp_bad.len() + 3, ingress_bad.len() + random_in.len() + tcp_in_bad.len(), all.len() * 6)
     })
     .join()
     .expect("test runs");

@@ -14,6 +14,9 @@
 //! link pins, fast-path map entries (read with bpftool), the other host's forwarding entries and
 //! fast-path egress entries. Daemon memory and open files are sampled after each round.
 //!
+//! 3. dockerd: restarted and killed under the stayers' traffic, with live-restore; then killed
+//!    and started without it (its containers go; a restart-always one comes back).
+//!
 //! Short by default (CI). The figures (a random seed is printed; ONCACHE_CHURN_SEED
 //! replays one):
 //!   ONCACHE_CHURN_ROUNDS=20 ONCACHE_CHURN_CONTAINERS=50 cargo test --test churn -- --nocapture
@@ -437,16 +440,9 @@ fn arm(lab: &mut Lab, point: &str) {
     h.respawn_oncache(&[("ONCACHE_CRASH_AT", point)]);
 }
 
-#[test]
-fn churn_with_the_daemon_killed_at_every_point_and_at_random() {
-    let s = settings();
-    eprintln!(
-        "churn: {} rounds of {} containers per host (2 hosts), soak {:?}, random kills {}, seed {} (ONCACHE_CHURN_SEED)",
-        s.rounds, s.per_host, s.soak, s.kills, s.seed
-    );
-    let mut rng = Rng(s.seed | 1);
-    let mut lab = Lab::new(2);
-    lab.start_dockerds();
+/// oncache on both hosts (dockerd running), network NET, and the stayers `sa` (host 0) and
+/// `sb` (host 1) talking.
+fn stayers(lab: &mut Lab) -> Traffic {
     let ips = [lab.host(0).underlay_ip.to_string(), lab.host(1).underlay_ip.to_string()];
     lab.host_mut(0).start_oncache(&["--peer", &ips[1]]);
     lab.host_mut(1).start_oncache(&["--peer", &ips[0]]);
@@ -460,7 +456,20 @@ fn churn_with_the_daemon_killed_at_every_point_and_at_random() {
     let (a_ns, b_ns) = (netns_of(lab.host(0).container_pid("sa")), netns_of(lab.host(1).container_pid("sb")));
     let b_ip = lab.host(1).container_ip("sb", NET);
     wait_remotes(lab.host(0), 1, Duration::from_secs(20));
-    let traffic = Traffic::start(&a_ns, &b_ns, b_ip);
+    Traffic::start(&a_ns, &b_ns, b_ip)
+}
+
+#[test]
+fn churn_with_the_daemon_killed_at_every_point_and_at_random() {
+    let s = settings();
+    eprintln!(
+        "churn: {} rounds of {} containers per host (2 hosts), soak {:?}, random kills {}, seed {} (ONCACHE_CHURN_SEED)",
+        s.rounds, s.per_host, s.soak, s.kills, s.seed
+    );
+    let mut rng = Rng(s.seed | 1);
+    let mut lab = Lab::new(2);
+    lab.start_dockerds();
+    let traffic = stayers(&mut lab);
     let mut failed_cmds: Vec<String> = Vec::new();
     let hits_before = [0, 1].map(|i| counter(&stats(lab.host(i)), "egress_fast", "hits"));
     audit(&lab, "start", [1, 1], &failed_cmds);
@@ -594,5 +603,78 @@ fn churn_with_the_daemon_killed_at_every_point_and_at_random() {
         let (first, last) = (rss[..third].iter().max().unwrap(), rss[rss.len() - third..].iter().max().unwrap());
         assert!(*last <= first + (16 << 10), "host {i}: memory grew from {first} to {last} KiB: {rss:?}");
     }
+    lab.finish();
+}
+
+/// dockerd stopped and started, then killed (SIGKILL) and started, on each host in turn, with
+/// `--live-restore` (containers outlive it): the stayers' traffic never stops, dockerd comes
+/// back to oncache's records unchanged, and containers run and go as before. Then host 1's
+/// dockerd crashes and comes back without live-restore, as after a reboot of dockerd alone: its
+/// containers stop, their endpoints go (dockerd deletes them at start), a `--restart always`
+/// container comes back with a new endpoint, and host 0 sends to the new one, never the old.
+#[test]
+fn dockerd_restarts_and_crashes_under_traffic() {
+    let mut lab = Lab::new(2);
+    std::thread::scope(|s| {
+        for h in lab.hosts_mut() {
+            s.spawn(move || h.start_dockerd_with(&["--live-restore"]));
+        }
+    });
+    let traffic = stayers(&mut lab);
+    lab.host(1).run(&["--name", "rb", "--restart", "always", "--network", NET, lab::IMAGE, "sleep", "1d"]);
+    audit(&lab, "start", [1, 2], &[]);
+    let mut faults = 0;
+    for i in [1, 0] {
+        for crash in [false, true] {
+            let h = lab.host_mut(i);
+            if crash {
+                h.kill_dockerd();
+                h.start_dockerd_with(&["--live-restore"]);
+            } else {
+                h.restart_dockerd();
+            }
+            faults += 1;
+            let what = format!("host {i}'s dockerd {}", if crash { "killed and started" } else { "restarted" });
+            let left = [1, 2];
+            audit(&lab, &what, left, &[]);
+            // The restored dockerd runs and removes containers on the network as before.
+            let h = lab.host(i);
+            h.run(&["--name", "fresh", "--network", NET, lab::IMAGE, "sleep", "1d"]);
+            let mut more = left;
+            more[i] += 1;
+            audit(&lab, &format!("a container started after {what}"), more, &[]);
+            h.docker(&["rm", "-f", "fresh"]);
+            audit(&lab, &format!("a container removed after {what}"), left, &[]);
+            let (sent, answered, rtt, _) = traffic.counts();
+            eprintln!("dockerd faults: {what}: UDP {answered}/{sent} answered, max RTT {:.1} ms", rtt as f64 / 1000.0);
+        }
+    }
+    let (sent, answered, rtt, tcp) = traffic.finish().unwrap_or_else(|e| panic!("the stayers' traffic broke: {e}"));
+    eprintln!(
+        "dockerd faults: {faults} restarts and crashes with live-restore; stayers: UDP {answered}/{sent} answered, lost {}, max RTT {:.1} ms, TCP {} KiB echoed intact",
+        sent - answered,
+        rtt as f64 / 1000.0,
+        tcp >> 10
+    );
+    assert_eq!(sent - answered, 0, "the stayers lost {} of {sent} pings while dockerd restarted", sent - answered);
+
+    // Without live-restore: sb stops for good, rb comes back on a new endpoint.
+    let rb_before = docker_endpoints(lab.host(1));
+    let h1 = lab.host_mut(1);
+    h1.kill_dockerd();
+    h1.start_dockerd_with(&[]);
+    let h1 = lab.host(1);
+    lab::wait_for("rb running again", Duration::from_secs(60), || (h1.inspect("rb")["State"]["Running"] == true).then_some(()));
+    assert_eq!(h1.inspect("sb")["State"]["Running"], false, "sb outlived a dockerd without live-restore");
+    audit(&lab, "host 1's dockerd killed and started without live-restore", [1, 2], &[]);
+    let now = docker_endpoints(h1);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert!(rb_before.keys().all(|id| !now.contains_key(id)), "an endpoint of before the crash survived: {rb_before:?} {now:?}");
+    let a_ns = netns_of(lab.host(0).container_pid("sa"));
+    let rb_ip = *now.values().next().unwrap();
+    let echo = support::traffic::Echo::start(&netns_of(h1.container_pid("rb")), 7103, "rb:");
+    let tags = support::traffic::udp_exchange(&a_ns, rb_ip, 7103, 50, 100, 0).expect("sa reaches rb's new endpoint");
+    assert!(tags.iter().all(|t| t == "rb:"), "{tags:?}");
+    drop(echo);
     lab.finish();
 }

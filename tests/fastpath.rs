@@ -440,7 +440,6 @@ fn reused_address_on_another_host_is_reached() {
     lab.finish();
 }
 
-/// Namespaces standing in for containers, removed on drop.
 
 /// Two networks with the same subnet on the same two hosts (explicit, different VNIs) never
 /// share entries: each container reaches only its own network's peer. Driven through the
@@ -468,6 +467,61 @@ fn same_subnet_lab() -> (Lab, Sandboxes, std::collections::HashMap<(u32, usize),
         wait_remotes(h, 2, Duration::from_secs(20));
     }
     (lab, boxes, ns)
+}
+
+/// With iptables-legacy, whose changes the kernel does not announce, the daemon says so and
+/// withdraws admitted flows every 5 s: a DROP rule reaches an admitted fast-path flow within
+/// that bound. The daemons run with an `iptables` that is iptables-legacy (no dockerd here: it
+/// would write the other backend); endpoints through the plugin API.
+#[test]
+fn iptables_legacy_rules_reach_admitted_flows_within_the_rejudge_interval() {
+    let mut lab = Lab::new(2);
+    let bin = std::env::temp_dir().join(format!("oncache-legacy-{}", lab.suffix()));
+    std::fs::create_dir_all(&bin).unwrap();
+    for t in ["iptables", "ip6tables"] {
+        let _ = std::fs::remove_file(bin.join(t));
+        std::os::unix::fs::symlink(format!("/usr/sbin/{t}-legacy"), bin.join(t)).unwrap();
+    }
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let (ip0, ip1) = (lab.host(0).underlay_ip.to_string(), lab.host(1).underlay_ip.to_string());
+    lab.host_mut(0).start_oncache_env(&["--peer", &ip1], &[("PATH", &path)]);
+    lab.host_mut(1).start_oncache_env(&["--peer", &ip0], &[("PATH", &path)]);
+    let net = format!("{:0>64}", 310);
+    let mut boxes = Sandboxes::default();
+    let mut ns = Vec::new();
+    for (i, h) in lab.hosts().iter().enumerate() {
+        create_network_api(h, &net, 310, "10.209.0.0/24");
+        let name = format!("oc{}lg{i}", lab.suffix());
+        ns.push(boxes.plug(h, &name, &net, &format!("310{i}{:0>59}", 0), &format!("10.209.0.{}", i + 2)));
+    }
+    for h in lab.hosts() {
+        wait_remotes(h, 1, Duration::from_secs(20));
+        assert!(h.oncache_log().contains("iptables-legacy") && h.oncache_log().contains("every 5 s"), "{}: no word of the legacy backend", h.name);
+    }
+    let (h0, h1) = (lab.host(0), lab.host(1));
+    let (a, b): (Ipv4Addr, Ipv4Addr) = ("10.209.0.2".parse().unwrap(), "10.209.0.3".parse().unwrap());
+    let _echo = Echo::start(&ns[1], 7008, "");
+    let client = udp_client(&ns[0], 0);
+    exchange(&client, b, 7008, 50, 100).unwrap();
+    let before = [hits(h0), hits(h1)];
+    exchange(&client, b, 7008, 100, 100).unwrap();
+    assert_fast_both_ways("before the rule", [h0, h1], before, 90);
+
+    let rule = format!("FORWARD -s {a} -d {b} -p udp --dport 7008 -j DROP");
+    h0.sh(&format!("iptables-legacy -w -I {rule}"));
+    let added = std::time::Instant::now();
+    client.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let stopped = lab::try_wait_for(Duration::from_secs(8), || exchange(&client, b, 7008, 1, 100).is_err().then_some(()));
+    let took = added.elapsed();
+    eprintln!("an iptables-legacy rule met the admitted flow after {took:?} (re-judged every 5 s)");
+    assert!(stopped.is_some() && took < Duration::from_millis(6500), "the admitted flow still passed the legacy DROP rule {took:?} after it was added");
+    assert!(exchange(&client, b, 7008, 3, 100).is_err(), "the admitted flow passed the DROP rule again");
+    h0.sh(&format!("iptables-legacy -w -D {rule}"));
+    client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    exchange(&client, b, 7008, 20, 100).expect("the flow passes again without the rule");
+    drop(boxes);
+    lab.finish();
+    let _ = std::fs::remove_dir_all(&bin);
 }
 
 /// The same 5-tuple in two networks is two connections, one per conntrack zone: while a UDP

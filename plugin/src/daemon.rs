@@ -48,6 +48,13 @@ pub struct Config {
     /// the leader allocates networks, nodes get them from Swarm; needs the managed plugin).
     #[arg(long, env = "ONCACHE_SCOPE", value_enum, default_value_t = Scope::Local)]
     pub scope: Scope,
+    /// Seconds between withdrawals of every admitted fast-path flow, so that the slow path
+    /// judges each against the firewall again (a few slow-path packets per flow each time).
+    /// For hosts whose firewall changes go unannounced: iptables-legacy, or no nftables
+    /// notifications [default: 0 (off) when `iptables` is the nf_tables backend and its
+    /// changes are followed, otherwise 5].
+    #[arg(long, env = "ONCACHE_REJUDGE_SECS", value_name = "SECS")]
+    pub rejudge_secs: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -133,7 +140,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         tokio::spawn(follow_cluster(c, plugin.clone()));
     }
     tokio::spawn(follow_next_hops(underlay_index, plugin.clone()));
-    tokio::spawn(follow_firewall(plugin.clone()));
+    tokio::spawn(follow_firewall(plugin.clone(), cfg.rejudge_secs));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
@@ -222,19 +229,46 @@ async fn follow_cluster(cluster: Arc<Cluster>, plugin: server::Shared) {
 /// teaches the new one. A neighbour merely ageing (same MAC) changes nothing.
 /// Withdraws admitted flows whenever the ruleset changes, so that a new rule (a DROP in
 /// DOCKER-USER, say) applies to flows already on the fast path too, within moments.
+/// The re-judging interval where firewall changes go unannounced: the bound on how long a
+/// new rule may miss an admitted flow there.
+const DEFAULT_REJUDGE_SECS: u64 = 5;
+
+async fn rejudge_every(plugin: server::Shared, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = plugin.driver.lock().await.firewall_changed() {
+            log::warn!("withdrawing admitted flows to judge them again: {e:#}");
+        }
+    }
+}
+
 /// How long the ruleset must stay unchanged before admitted flows are withdrawn, and the
 /// longest a burst of changes may delay that.
 const FIREWALL_QUIET: std::time::Duration = std::time::Duration::from_millis(50);
 const FIREWALL_BURST_MAX: std::time::Duration = std::time::Duration::from_millis(500);
 
-async fn follow_firewall(plugin: server::Shared) {
-    let mut watch = match crate::dataplane::nftables::RulesetWatch::open() {
-        Ok(w) => w,
-        Err(e) => {
-            log::warn!("not following firewall changes (admitted flows keep the fast path until `oncache cache flush`): {e:#}");
-            return;
-        }
+async fn follow_firewall(plugin: server::Shared, rejudge_secs: Option<u64>) {
+    let watch = crate::dataplane::nftables::RulesetWatch::open();
+    let backend = crate::dataplane::firewall::backend();
+    let unannounced = match (&watch, &backend) {
+        (Err(e), _) => Some(format!("{e:#}")),
+        (_, crate::dataplane::firewall::Backend::Legacy) => Some("`iptables` is iptables-legacy, whose changes the kernel does not announce".into()),
+        _ => None,
     };
+    let secs = rejudge_secs.unwrap_or(if unannounced.is_some() { DEFAULT_REJUDGE_SECS } else { 0 });
+    match (&unannounced, secs) {
+        (Some(why), 0) => log::warn!("{why}: admitted flows keep the fast path after a firewall change until `oncache cache flush`"),
+        (Some(why), s) => log::warn!("{why}: admitted flows are judged by the firewall again every {s} s"),
+        (None, 0) => {}
+        (None, s) => log::info!("admitted flows are judged by the firewall again every {s} s, and on every change"),
+    }
+    if secs > 0 {
+        tokio::spawn(rejudge_every(plugin.clone(), std::time::Duration::from_secs(secs)));
+    }
+    let Ok(mut watch) = watch else { return };
     loop {
         if let Err(e) = watch.changed().await {
             log::warn!("{e:#}; no longer following firewall changes");

@@ -7,7 +7,7 @@ use crate::cidr::Cidr;
 use crate::cluster::{self, Cluster, Published, Remote};
 use crate::control::{NetworkStatus, Status};
 use crate::dataplane::{Dataplane, NetSpec};
-use crate::fastpath::{self, FastPath};
+use crate::fastpath::{self, FastPath, VethAt};
 use crate::{crashpoint, naming, options};
 use anyhow::{anyhow, bail, Context, Result};
 use libnetwork_api::driver as api;
@@ -277,10 +277,15 @@ impl Driver {
     /// ifindex), then the veth.
     async fn unplug(&mut self, endpoint_id: &str, ep: Option<&Endpoint>, vni: Option<u32>) -> Result<()> {
         let veth = naming::veth_host(endpoint_id);
-        if let Some(f) = self.fast.as_mut() {
-            let ifindex = self.dp.link_index(&veth).await?;
+        if self.fast.is_some() {
+            let at = match self.dp.link_index(&veth).await? {
+                Some(ifindex) => VethAt::Index(ifindex),
+                // Gone with its container's namespace: which index it had is not known, but
+                // every entry pointing at a vanished interface can go.
+                None => VethAt::Gone { links: self.dp.link_indexes().await? },
+            };
             let ip = ep.and_then(ipv4_of).map(|a| a.octets());
-            f.detach_endpoint(&veth, ifindex, vni.unwrap_or(0), ip)?;
+            self.fast()?.detach_endpoint(&veth, at, vni.unwrap_or(0), ip)?;
         }
         self.dp.remove_veth(endpoint_id).await
     }

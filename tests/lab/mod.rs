@@ -964,6 +964,11 @@ exec {dockerd}
     /// --underlay ul0 --bpf-dir /sys/fs/bpf/oncache-<name> EXTRA...`, RUST_LOG=debug, output
     /// appended to `<dir>/oncache.log`; waits until it answers `POST /Plugin.Activate`.
     pub fn start_oncache(&mut self, extra_args: &[&str]) {
+        self.start_oncache_env(extra_args, &[]);
+    }
+
+    /// [`Host::start_oncache`] with extra environment variables (kept for restarts).
+    pub fn start_oncache_env(&mut self, extra_args: &[&str], env: &[(&str, &str)]) {
         // Without a private sysfs the daemon mounts bpffs itself where it is missing (the
         // machine's own, as on a fresh host); a private sysfs gets the machine's bound back.
         if self.oncache_private_sysfs && self.oncache_bpffs {
@@ -981,7 +986,7 @@ exec {dockerd}
             self.bpf_dir.to_string_lossy().into_owned(),
         ];
         args.extend(extra_args.iter().map(|s| s.to_string()));
-        self.start_oncache_cmd(Path::new(env!("CARGO_BIN_EXE_oncache")), &args, &[]);
+        self.start_oncache_cmd(Path::new(env!("CARGO_BIN_EXE_oncache")), &args, env);
     }
 
     /// By default the plugin runs with `nsenter --net` only, i.e. in the machine's mount

@@ -228,10 +228,10 @@ pub fn inet_checksum(b: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// An Ethernet + IPv4 (TTL 64, ID 0, no DF) + UDP frame, IP checksum filled in, UDP checksum
-/// 0 ("none", valid over IPv4): what a socket would send, with any source the caller likes.
-pub fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
-    let ip_len = 20 + 8 + payload.len();
+/// An Ethernet + IPv4 (TTL 64, ID 0, no DF) frame carrying `l4` as protocol `proto`, the IP
+/// checksum filled in.
+fn ipv4_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
+    let ip_len = 20 + l4.len();
     let mut f = Vec::with_capacity(14 + ip_len);
     f.extend_from_slice(&dst_mac);
     f.extend_from_slice(&src_mac);
@@ -240,18 +240,53 @@ pub fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: SocketAddrV4, dst: Soc
     ip[0] = 0x45;
     ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
     ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&src.ip().octets());
-    ip[16..20].copy_from_slice(&dst.ip().octets());
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
     let c = inet_checksum(&ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     f.extend_from_slice(&ip);
-    f.extend_from_slice(&src.port().to_be_bytes());
-    f.extend_from_slice(&dst.port().to_be_bytes());
-    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    f.extend_from_slice(payload);
+    f.extend_from_slice(l4);
     f
+}
+
+/// An Ethernet + IPv4 + UDP frame, UDP checksum 0 ("none", valid over IPv4): what a socket
+/// would send, with any source the caller likes.
+pub fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    let mut udp = Vec::with_capacity(8 + payload.len());
+    udp.extend_from_slice(&src.port().to_be_bytes());
+    udp.extend_from_slice(&dst.port().to_be_bytes());
+    udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    ipv4_frame(src_mac, dst_mac, *src.ip(), *dst.ip(), 17, &udp)
+}
+
+/// TCP header flags.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+
+/// An Ethernet + IPv4 + TCP frame (20-byte header, window 512, checksum right) with `flags`.
+pub fn tcp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: SocketAddrV4, dst: SocketAddrV4, flags: u8, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let mut tcp = Vec::with_capacity(20 + payload.len());
+    tcp.extend_from_slice(&src.port().to_be_bytes());
+    tcp.extend_from_slice(&dst.port().to_be_bytes());
+    tcp.extend_from_slice(&seq.to_be_bytes());
+    tcp.extend_from_slice(&1u32.to_be_bytes());
+    tcp.extend_from_slice(&[0x50, flags, 0x02, 0x00, 0, 0, 0, 0]);
+    tcp.extend_from_slice(payload);
+    let mut pseudo = Vec::with_capacity(12 + tcp.len());
+    pseudo.extend_from_slice(&src.ip().octets());
+    pseudo.extend_from_slice(&dst.ip().octets());
+    pseudo.extend_from_slice(&[0, 6]);
+    pseudo.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(&tcp);
+    let c = inet_checksum(&pseudo);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    ipv4_frame(src_mac, dst_mac, *src.ip(), *dst.ip(), 6, &tcp)
 }
 
 /// Sends each frame exactly as given (Ethernet header included) out of `ifname` in the

@@ -302,6 +302,11 @@ impl Dataplane {
     pub async fn link_index(&self, name: &str) -> Result<Option<u32>> {
         Ok(self.nl.link(name).await?.map(|l| l.index))
     }
+
+    /// The index of every interface in the namespace.
+    pub async fn link_indexes(&self) -> Result<Vec<u32>> {
+        Ok(self.nl.links().await?.into_iter().map(|l| l.index).collect())
+    }
 }
 
 /// What tells this boot of this host from another: the kernel's boot ID and the network

@@ -148,9 +148,10 @@ impl Maps {
             + remove_where::<u32, c::EndpointInfo>(&mut self.endpoints, |_, v| v.vni == vni)?)
     }
 
-    /// A local container left: its delivery entry and its flows go.
-    pub fn forget_local(&mut self, vni: u32, addr: [u8; 4]) -> Result<usize> {
-        Ok(remove_where::<c::VniIp, c::IngressEntry>(&mut self.ingress, |k, _| k.vni == vni && k.ip == addr)?
+    /// A local container left from the veth at `ifindex`: its delivery entry (unless the
+    /// address is delivered to another veth by now) and its flows go.
+    pub fn forget_local(&mut self, vni: u32, addr: [u8; 4], ifindex: u32) -> Result<usize> {
+        Ok(remove_where::<c::VniIp, c::IngressEntry>(&mut self.ingress, |k, v| k.vni == vni && k.ip == addr && v.ifindex == ifindex)?
             + remove_where::<c::FlowKey, c::FlowState>(&mut self.filter, |k, _| k.vni == vni && k.local_ip == addr)?)
     }
 

@@ -69,6 +69,13 @@ impl AttachMode {
 const CLSACT_PRIORITY: u16 = 0x4f43;
 const CLSACT_HANDLE: TcHandle = TcHandle::new(0, 0x4f43);
 
+/// Where an endpoint's host veth is, as its fast-path entries are keyed.
+pub enum VethAt {
+    Index(u32),
+    /// Gone; `links` is every interface index that still exists.
+    Gone { links: Vec<u32> },
+}
+
 pub struct FastPath {
     ebpf: Ebpf,
     pub maps: Maps,
@@ -201,14 +208,21 @@ impl FastPath {
         self.attach(c::PROG_INGRESS_LEARN, veth, Hook::Egress)
     }
 
-    /// Takes the fast path off an endpoint and forgets everything learned about it.
-    pub fn detach_endpoint(&mut self, veth: &str, ifindex: Option<u32>, vni: u32, ip: Option<[u8; 4]>) -> Result<()> {
+    /// Takes the fast path off an endpoint and forgets everything learned about it, and
+    /// nothing of another endpoint that has its address now (a container restarted by a
+    /// dockerd that lost its old endpoint joins with the same address before the old one goes).
+    pub fn detach_endpoint(&mut self, veth: &str, at: VethAt, vni: u32, ip: Option<[u8; 4]>) -> Result<()> {
         self.detach(veth)?;
-        if let Some(i) = ifindex {
-            self.maps.remove_endpoint(i)?;
-        }
-        if let Some(ip) = ip {
-            self.maps.forget_local(vni, ip)?;
+        match at {
+            VethAt::Index(i) => {
+                self.maps.remove_endpoint(i)?;
+                if let Some(ip) = ip {
+                    self.maps.forget_local(vni, ip, i)?;
+                }
+            }
+            VethAt::Gone { links } => {
+                self.maps.retain_endpoints(&links)?;
+            }
         }
         Ok(())
     }

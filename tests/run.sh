@@ -17,4 +17,6 @@ tests/fuzz.sh 20
 # asserted; the full run is `cargo bench -p oncache --bench lab`).
 cargo bench -p oncache --bench lab --locked -- --lab netns --short
 cargo bench -p oncache --bench lab --locked -- --lab compose --short
+# The control-plane benchmark likewise (the full run: `cargo bench -p oncache --bench control`).
+cargo bench -p oncache --bench control --locked -- --short
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

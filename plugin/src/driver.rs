@@ -279,13 +279,17 @@ impl Driver {
         let veth = naming::veth_host(endpoint_id);
         if self.fast.is_some() {
             let at = match self.dp.link_index(&veth).await? {
-                Some(ifindex) => VethAt::Index(ifindex),
-                // Gone with its container's namespace: which index it had is not known, but
-                // every entry pointing at a vanished interface can go.
-                None => VethAt::Gone { links: self.dp.link_indexes().await? },
+                Some(ifindex) => Some(VethAt::Index(ifindex)),
+                // Gone with its container's namespace while joined: which index it had is not
+                // known, but every entry pointing at a vanished interface can go (one dump of
+                // the links, so only here: after a Leave the veth is gone and nothing is left).
+                None if ep.is_some_and(|e| e.sandbox.is_some()) => Some(VethAt::Gone { links: self.dp.link_indexes().await? }),
+                None => None,
             };
-            let ip = ep.and_then(ipv4_of).map(|a| a.octets());
-            self.fast()?.detach_endpoint(&veth, at, vni.unwrap_or(0), ip)?;
+            if let Some(at) = at {
+                let ip = ep.and_then(ipv4_of).map(|a| a.octets());
+                self.fast()?.detach_endpoint(&veth, at, vni.unwrap_or(0), ip)?;
+            }
         }
         self.dp.remove_veth(endpoint_id).await
     }

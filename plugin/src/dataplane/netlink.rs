@@ -226,9 +226,10 @@ impl Netlink {
         }
     }
 
-    /// Creates a veth pair with `host` on `bridge` and `peer` carrying `peer_mac`; both up.
-    pub async fn add_veth(&self, host: &str, peer: &str, mtu: u32, peer_mac: [u8; 6], bridge: u32) -> Result<()> {
-        let msg = LinkVeth::new(host, peer).mtu(mtu).controller(bridge).up().build();
+    /// Creates a veth pair with `host` on `bridge` and `peer` carrying `peer_mac`; `peer` up,
+    /// `host` down (for [`Netlink::set_up`] once configured). Returns `host`'s index.
+    pub async fn add_veth(&self, host: &str, peer: &str, mtu: u32, peer_mac: [u8; 6], bridge: u32) -> Result<u32> {
+        let msg = LinkVeth::new(host, peer).mtu(mtu).controller(bridge).build();
         self.handle
             .link()
             .add(msg)
@@ -237,7 +238,13 @@ impl Netlink {
             .with_context(|| format!("creating veth pair {host}/{peer}"))?;
         let p = self.link(peer).await?.ok_or_else(|| anyhow!("veth peer {peer} vanished after creation"))?;
         let set = LinkUnspec::new_with_index(p.index).mtu(mtu).address(peer_mac.to_vec()).up().build();
-        self.handle.link().set(set).execute().await.with_context(|| format!("configuring {peer}"))
+        self.handle.link().set(set).execute().await.with_context(|| format!("configuring {peer}"))?;
+        Ok(self.link(host).await?.ok_or_else(|| anyhow!("veth {host} vanished after creation"))?.index)
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).up().build();
+        self.handle.link().set(msg).execute().await.context("setting a link up")
     }
 
     pub async fn set_controller(&self, index: u32, controller: u32) -> Result<()> {

@@ -18,8 +18,11 @@ impl Driver {
     /// local dockerd still sends its DeleteEndpoint. Returns how many left.
     pub async fn reap_dead_endpoints(&mut self) -> Result<usize> {
         let mut reaped = 0;
+        // One dump of the links, not a lookup per endpoint: this runs every 5 s, holding the
+        // driver, however many endpoints there are.
+        let links = self.dp.link_names().await?;
         for mut ep in self.store.endpoints()?.into_iter().filter(|e| e.sandbox.is_some()) {
-            if self.dp.link_index(&naming::veth_host(&ep.id)).await?.is_some() {
+            if links.contains(&naming::veth_host(&ep.id)) {
                 continue;
             }
             let vni = self.vni_of(Some(&ep))?;

@@ -188,8 +188,8 @@ impl Dataplane {
         let index = self.nl.add_veth(&host, &peer, n.mtu, mac, bridge.index).await?;
         // A bridge port needs no IPv6 of its own. With it, each port adds a link-local address
         // and routes (fe80::/64, ff00::/8) to the host's table, whose IPv6 lookups walk one
-        // route per port: every Join got slower as endpoints accumulated (33 ms at the first
-        // 100 of 1,000, 137 ms at the last: benches/control). Set before the port comes up.
+        // route per port (`__find_rr_leaf`), so Join slowed a little as endpoints accumulated
+        // (bench control: last hundred of 1,000 at 38 ms, not 35). Set before the port is up.
         let sysctl = format!("/proc/sys/net/ipv6/conf/{host}/disable_ipv6");
         if let Err(e) = std::fs::write(&sysctl, "1") {
             // No IPv6 in this kernel: nothing to disable.

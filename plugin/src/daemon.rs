@@ -224,11 +224,6 @@ async fn follow_cluster(cluster: Arc<Cluster>, plugin: server::Shared) {
     }
 }
 
-/// Outer headers the fast path learned name the underlay's next hop (its MAC, the interface):
-/// those a neighbour or route change makes stale go, and the next slow-path packet to that host
-/// teaches the new one. A neighbour merely ageing (same MAC) changes nothing.
-/// Withdraws admitted flows whenever the ruleset changes, so that a new rule (a DROP in
-/// DOCKER-USER, say) applies to flows already on the fast path too, within moments.
 /// The re-judging interval where firewall changes go unannounced: the bound on how long a
 /// new rule may miss an admitted flow there.
 const DEFAULT_REJUDGE_SECS: u64 = 5;
@@ -250,13 +245,17 @@ async fn rejudge_every(plugin: server::Shared, every: std::time::Duration) {
 const FIREWALL_QUIET: std::time::Duration = std::time::Duration::from_millis(50);
 const FIREWALL_BURST_MAX: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// Withdraws admitted flows whenever the ruleset changes, so that a new rule (a DROP in
+/// DOCKER-USER, say) applies to flows already on the fast path too, within moments; and, where
+/// changes go unannounced, every `rejudge_secs`.
 async fn follow_firewall(plugin: server::Shared, rejudge_secs: Option<u64>) {
     let watch = crate::dataplane::nftables::RulesetWatch::open();
-    let backend = crate::dataplane::firewall::backend();
-    let unannounced = match (&watch, &backend) {
-        (Err(e), _) => Some(format!("{e:#}")),
-        (_, crate::dataplane::firewall::Backend::Legacy) => Some("`iptables` is iptables-legacy, whose changes the kernel does not announce".into()),
-        _ => None,
+    let unannounced = match &watch {
+        Err(e) => Some(format!("{e:#}")),
+        Ok(_) if crate::dataplane::firewall::iptables_is_legacy() => {
+            Some("`iptables` is iptables-legacy, whose changes the kernel does not announce".into())
+        }
+        Ok(_) => None,
     };
     let secs = rejudge_secs.unwrap_or(if unannounced.is_some() { DEFAULT_REJUDGE_SECS } else { 0 });
     match (&unannounced, secs) {
@@ -297,6 +296,9 @@ async fn follow_firewall(plugin: server::Shared, rejudge_secs: Option<u64>) {
     }
 }
 
+/// Outer headers the fast path learned name the underlay's next hop (its MAC, the interface):
+/// those a neighbour or route change makes stale go, and the next slow-path packet to that host
+/// teaches the new one. A neighbour merely ageing (same MAC) changes nothing.
 async fn follow_next_hops(underlay: u32, plugin: server::Shared) {
     use futures_util::StreamExt;
     let events = match crate::dataplane::netlink::Netlink::watch_next_hops(underlay) {

@@ -48,6 +48,12 @@ fn ensure_chain(tool: &str, table: &str, from: &str, chain: &str, rule: &[&str])
     Ok(())
 }
 
+/// Whether the `iptables` in PATH is iptables-legacy (`iptables -V`: "(legacy)"), which writes
+/// x_tables, whose changes the kernel does not announce (the nf_tables backend's are).
+pub fn iptables_is_legacy() -> bool {
+    Command::new("iptables").arg("-V").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("(legacy)"))
+}
+
 /// conntrack's TCP window tracking only sees the packets of a flow that take the slow path:
 /// once a flow has run on the fast path, its next slow-path packets lie beyond the window
 /// conntrack last saw and would be INVALID, so the flow could never be admitted again (after a
@@ -55,32 +61,6 @@ fn ensure_chain(tool: &str, table: &str, from: &str, chain: &str, rule: &[&str])
 /// same reason) keeps such packets ESTABLISHED; SYN, RST and FIN handling stay strict.
 /// Inside a managed plugin /proc/sys is read-only, and Docker mounts the host's netfilter
 /// sysctls elsewhere (packaging/plugin/config.json names the folder).
-/// Which kernel interface the `iptables` in PATH writes.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// nf_tables (`iptables -V`: "(nf_tables)"): every change is an announced transaction.
-    Nft,
-    /// x_tables (`iptables-legacy`): changes are not announced.
-    Legacy,
-    Unknown(String),
-}
-
-pub fn backend() -> Backend {
-    match Command::new("iptables").arg("-V").output() {
-        Ok(o) => {
-            let v = String::from_utf8_lossy(&o.stdout);
-            if v.contains("nf_tables") {
-                Backend::Nft
-            } else if v.contains("legacy") {
-                Backend::Legacy
-            } else {
-                Backend::Unknown(v.trim().to_string())
-            }
-        }
-        Err(e) => Backend::Unknown(e.to_string()),
-    }
-}
-
 fn tcp_be_liberal() -> std::path::PathBuf {
     let dir = std::env::var_os("ONCACHE_NETFILTER_SYSCTL_DIR").unwrap_or_else(|| "/proc/sys/net/netfilter".into());
     std::path::Path::new(&dir).join("nf_conntrack_tcp_be_liberal")

@@ -326,8 +326,17 @@ fn problems(lab: &Lab, i: usize, containers_left: usize) -> Vec<String> {
         .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
         .unwrap_or_default();
     let pinned: BTreeSet<String> = pins.iter().filter(|n| n.starts_with("ocv")).map(|n| n.split(':').next().unwrap().to_string()).collect();
-    if pinned != veths {
-        p.push(format!("link pins for {pinned:?}, expected {veths:?}"));
+    if !pinned.is_empty() {
+        p.push(format!("link pins for {pinned:?}: endpoints carry filters, not links"));
+    }
+    // Each joined veth carries oncache's two filters (ingress and egress), no other veth any.
+    let filters = h.try_sh("bpftool net show").unwrap_or_else(|e| e);
+    let mut per_veth: std::collections::BTreeMap<String, usize> = veths.iter().map(|v| (v.clone(), 0)).collect();
+    for l in filters.lines().filter(|l| l.starts_with("ocv") && l.contains("oncache_")) {
+        *per_veth.entry(l.split('(').next().unwrap().to_string()).or_default() += 1;
+    }
+    if per_veth.values().any(|n| *n != 2) {
+        p.push(format!("oncache filters per veth {per_veth:?}, expected 2 on each of {veths:?}"));
     }
     for map in [oncache_common::MAP_ENDPOINTS, oncache_common::MAP_INGRESS] {
         match bpftool_entries(h, map) {

@@ -82,15 +82,14 @@ fn install_use_and_upgrade_the_managed_plugin() {
     let eps = joined_endpoints(&st, &net);
     assert_eq!(eps.len(), 2, "{st:#}");
     assert!(state.join("db").is_dir(), "no store in the state.source folder {}", state.display());
-    // Pinned under the host's own folder of the machine's bpffs, links of both veths included.
-    let pin = h.bpf_dir.join("maps-v2/ONC_INGRESS");
+    // Pinned under the host's own folder of the machine's bpffs; the underlay's TCX links are
+    // pinned there too, the veths carry cls_bpf filters (bpftool lists both).
+    let pin = h.bpf_dir.join(oncache::fastpath::MAPS_DIR).join(oncache_common::MAP_INGRESS);
     let ino = pin_inode(&pin);
-    let veth_links = || {
-        std::fs::read_dir(h.bpf_dir.join("links"))
-            .map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("ocve")).count())
-            .unwrap_or(0)
-    };
-    assert_eq!(veth_links(), 4, "two veths x (ingress, egress) pinned in {bpf_dir}/links");
+    let veth_filters = || h.sh("bpftool net show").lines().filter(|l| l.starts_with("ocve") && l.contains("oncache_")).count();
+    assert_eq!(veth_filters(), 4, "two veths x (ingress, egress) with oncache's programs:\n{}", h.sh("bpftool net show"));
+    let links = std::fs::read_dir(h.bpf_dir.join("links")).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>());
+    assert!(links.as_ref().is_ok_and(|l| l.len() == 2 && l.iter().all(|n| n.starts_with(&format!("{}:", lab::UNDERLAY_IF)))), "{bpf_dir}/links: {links:?}");
 
     // The upgrade, with a ping in flight the whole time (SIGINT makes it print its statistics);
     // the settings come from the old plugin.
@@ -115,7 +114,7 @@ fn install_use_and_upgrade_the_managed_plugin() {
     assert!(st["fastpath"].as_str().is_some_and(|f| f.starts_with("on")), "fast path after the upgrade: {st:#}\n{}", plugin_log(h, &id2));
     assert_eq!(joined_endpoints(&st, &net), eps, "network and endpoints kept (state in {})", state.display());
     assert_eq!(pin_inode(&pin), ino, "the pinned maps outlived the plugin");
-    assert_eq!(veth_links(), 4);
+    assert_eq!(veth_filters(), 4);
     support::ping(h, "cli", "srv").unwrap_or_else(|e| panic!("ping after the upgrade: {e}"));
     assert_eq!(fetch_checksum(h, "cli", "srv"), sum, "TCP after the upgrade");
     // dockerd talks to the new plugin: a container joins.
@@ -128,7 +127,7 @@ fn install_use_and_upgrade_the_managed_plugin() {
     h.docker(&["network", "rm", "n1"]);
     let st = status(h, &id2);
     assert_eq!(st["networks"], serde_json::json!([]), "{st:#}");
-    assert_eq!(veth_links(), 0, "veth links unpinned");
+    assert_eq!(veth_filters(), 0, "veth filters gone with the veths");
     h.docker(&["plugin", "disable", "-f", PLUGIN]);
     h.docker(&["plugin", "rm", "-f", PLUGIN]);
     assert_eq!(h.docker(&["plugin", "ls", "-q"]).trim(), "");

@@ -48,8 +48,12 @@ pub struct Status {
     pub underlay: String,
     pub underlay_ip: String,
     pub underlay_mtu: u32,
-    /// "on", or "off: <why>".
+    /// "on (<how programs attach>)", or "off: <why>".
     pub fastpath: String,
+    /// The kind of link between a container and its bridge: `veth` (see `oncache doctor` for
+    /// netkit, which oncache does not use yet).
+    #[serde(default)]
+    pub container_link: String,
     pub peers: Vec<IpAddr>,
     /// Peers the gossip hears from now.
     #[serde(default)]

@@ -1028,9 +1028,10 @@ impl Driver {
             underlay_ip: self.dp.underlay.ip.to_string(),
             underlay_mtu: self.dp.underlay.mtu,
             fastpath: match &self.fast {
-                Some(f) => format!("on ({:?})", f.mode).to_lowercase(),
+                Some(f) => format!("on ({})", f.attachment()),
                 None => format!("off: {}", self.fast_off),
             },
+            container_link: crate::dataplane::CONTAINER_LINK.into(),
             peers: self.store.peers()?,
             live_peers: match &self.cluster {
                 Some(c) => c.live_peers().await,
@@ -1116,7 +1117,6 @@ impl Driver {
     async fn reconcile_fast(&mut self, networks: &[Network], endpoints: &[Endpoint]) -> Result<()> {
         self.sync_fast_networks()?;
         let mut live = Vec::new();
-        let mut veths = Vec::new();
         for ep in endpoints.iter().filter(|e| e.sandbox.is_some()) {
             let Some(n) = networks.iter().find(|n| n.id == ep.network_id) else { continue };
             let veth = naming::veth_host(&ep.id);
@@ -1126,7 +1126,6 @@ impl Driver {
                 continue;
             }
             live.push(ifindex);
-            veths.push(veth);
         }
         let underlay = self.dp.underlay.name.clone();
         let fast_vnis: HashSet<u32> = networks.iter().filter(|n| n.fastpath).map(|n| n.vni).collect();
@@ -1138,7 +1137,7 @@ impl Driver {
             }
         }
         let stale = f.maps.retain_endpoints(&live)?;
-        let links = f.prune_links(&veths, &underlay)?;
+        let links = f.prune_links(&underlay)?;
         log::info!("fast path: {} endpoints attached, {stale} stale endpoints and links {links:?} removed", live.len());
         Ok(())
     }

@@ -288,7 +288,10 @@ async fn status(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
     }
-    println!("oncache {}  underlay {} ({}, MTU {})  fast path {}", s.version, s.underlay, s.underlay_ip, s.underlay_mtu, s.fastpath);
+    println!(
+        "oncache {}  underlay {} ({}, MTU {})  fast path {}  container links {}",
+        s.version, s.underlay, s.underlay_ip, s.underlay_mtu, s.fastpath, s.container_link
+    );
     let peers: Vec<String> =
         s.peers.iter().map(|p| format!("{p}{}", if s.live_peers.contains(p) { "" } else { " (not heard from)" })).collect();
     println!("peers: {}", if peers.is_empty() { "none".into() } else { peers.join(", ") });
@@ -381,18 +384,24 @@ async fn cache(action: CacheAction, socket: &std::path::Path) -> anyhow::Result<
 }
 
 fn doctor(json: bool, bpf_dir: &std::path::Path) -> anyhow::Result<()> {
+    use fastpath::features::OPTIONAL;
     let checks = fastpath::features::checks(bpf_dir);
     if json {
         println!("{}", serde_json::to_string_pretty(&checks)?);
     } else {
         for c in &checks {
-            println!("{} {:<14} {}", if c.ok { "ok     " } else { "MISSING" }, c.name, c.detail);
+            let verdict = match (c.ok, OPTIONAL.contains(&c.name.as_str())) {
+                (true, _) => "ok     ",
+                (false, true) => "absent ",
+                (false, false) => "MISSING",
+            };
+            println!("{verdict} {:<14} {}", c.name, c.detail);
             if !c.ok {
-                println!("        {:<14} fix: {}", "", c.fix);
+                println!("        {:<14} {}: {}", "", if OPTIONAL.contains(&c.name.as_str()) { "note" } else { "fix" }, c.fix);
             }
         }
     }
-    if checks.iter().any(|c| !c.ok) {
+    if checks.iter().any(|c| !c.ok && !OPTIONAL.contains(&c.name.as_str())) {
         anyhow::bail!("the fast path cannot run here; the slow path still works");
     }
     Ok(())

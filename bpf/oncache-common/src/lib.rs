@@ -154,6 +154,11 @@ pub struct FlowState {
     pub bits: u32,
     pub egress_gen: u32,
     pub ingress_gen: u32,
+    /// Outer UDP source port (host order) the slow path's VXLAN device gave this flow, learned
+    /// with [`FLOW_EGRESS`]: the fast path sends with the very same port, and need not hash the
+    /// inner flow per packet (the flow dissector is the costliest step for UDP).
+    pub sport: u16,
+    pub _pad: u16,
 }
 
 pub const FLOW_EGRESS: u32 = 1;
@@ -225,7 +230,7 @@ mod tests {
         assert_eq!(size_of::<EgressEntry>(), 16);
         assert_eq!(size_of::<OuterHeader>(), 24);
         assert_eq!(size_of::<IngressEntry>(), 16);
-        assert_eq!(size_of::<FlowState>(), 12);
+        assert_eq!(size_of::<FlowState>(), 16);
         assert_eq!(size_of::<FlowKey>(), 20);
         assert_eq!(stat_index(Program::IngressLearn, Counter::Rejected), STATS_LEN - 1);
     }

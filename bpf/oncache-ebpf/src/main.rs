@@ -23,7 +23,7 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_FIXED_GSO, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT,
     },
     bpf_f_adj_room_encap_l2,
-    helpers::{bpf_check_mtu, bpf_get_hash_recalc, bpf_redirect, bpf_redirect_peer},
+    helpers::{bpf_check_mtu, bpf_redirect, bpf_redirect_peer},
     macros::{classifier, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TcContext,
@@ -33,7 +33,7 @@ use oncache_common::{
     OuterHeader, Program, VniIp, ENCAP_LEN, FLOW_BOTH, FLOW_EGRESS, FLOW_INGRESS, MAX_EGRESS,
     MAX_ENDPOINTS, MAX_FLOWS, MAX_INGRESS, MAX_NETWORKS, MAX_OUTER, OUTER_L3_OVERHEAD, STATS_LEN,
 };
-use packet::{parse_flow, parse_vxlan, udp_src_port, Encap, EncapParams, Flow, ETH_LEN, INNER_OFF};
+use packet::{parse_flow, parse_vxlan, Encap, EncapParams, Flow, ETH_LEN, INNER_OFF};
 
 // The static names are the map names user space uses (oncache_common::MAP_*).
 #[map]
@@ -127,9 +127,12 @@ fn egress_fast(ctx: &TcContext) -> i32 {
     }) else {
         return count(P, Counter::Miss);
     };
-    if !same(&flow.eth.dst, &eg.mac) || !admitted(&key, eg.gen, ep.gen) {
+    if !same(&flow.eth.dst, &eg.mac) {
         return count(P, Counter::Miss);
     }
+    let Some(admission) = admitted(&key, eg.gen, ep.gen) else {
+        return count(P, Counter::Miss);
+    };
     let Some(outer) = (unsafe { ONC_OUTER.get(eg.vtep) }) else {
         return count(P, Counter::Miss);
     };
@@ -146,15 +149,13 @@ fn egress_fast(ctx: &TcContext) -> i32 {
     if wire_ip_len > mtu || outer_ip_len > 0xffff {
         return count(P, Counter::Rejected);
     }
-    // The inner flow's hash, taken before the packet changes.
-    let sport = udp_src_port(unsafe { bpf_get_hash_recalc(ctx.skb.skb) });
     let params = EncapParams {
         outer_eth: outer.eth,
         tos: outer.tos | (flow.ip.tos & 0x3), // RFC 6040: copy ECN outwards
         ttl: outer.ttl,
         src: outer.src,
         dst: eg.vtep,
-        sport,
+        sport: admission.sport,
         vni: ep.vni,
         frame_len: len + ENCAP_LEN,
     };
@@ -186,13 +187,15 @@ fn ingress_fast(ctx: &TcContext) -> i32 {
     let Some(outer) = parse_vxlan(ctx) else {
         return PASS;
     };
-    if !same(&outer.ip.dst, &cfg.underlay_ip) || !fast_path_network(outer.vni) {
+    if !same(&outer.ip.dst, &cfg.underlay_ip) {
         return PASS;
     }
     let vni = outer.vni;
     let Some(inner) = parse_flow(ctx, INNER_OFF) else {
         return count(P, Counter::Miss);
     };
+    // No ONC_NETWORKS lookup: user space writes delivery entries only for endpoints of
+    // fast-path networks (driver::plug_fast) and removes them with their network.
     let Some(ing) = (unsafe {
         ONC_INGRESS.get(VniIp {
             vni,
@@ -220,7 +223,7 @@ fn ingress_fast(ctx: &TcContext) -> i32 {
     if inner.starts_or_ends() {
         return invalidate(P, &key);
     }
-    if !admitted(&key, eg.gen, ing.gen) {
+    if admitted(&key, eg.gen, ing.gen).is_none() {
         return count(P, Counter::Miss);
     }
     // RFC 6040: congestion marked on the underlay (outer CE) must reach the receiver. A
@@ -289,7 +292,7 @@ fn egress_learn(ctx: &TcContext) {
     };
     let key = outgoing_flow_key(vni, &inner);
     let mut changed = put_if_changed(&ONC_OUTER, &outer.ip.dst, &header);
-    changed |= admit(&key, FLOW_EGRESS, eg.gen);
+    changed |= admit(&key, FLOW_EGRESS, eg.gen, outer.sport);
     if changed {
         count(Program::EgressLearn, Counter::Learned);
     }
@@ -324,7 +327,7 @@ fn ingress_learn(ctx: &TcContext) {
     if ing.ifindex != ifindex || !same(&ing.mac, &flow.eth.dst) {
         return;
     }
-    if admit(&incoming_flow_key(ep.vni, &flow), FLOW_INGRESS, ing.gen) {
+    if admit(&incoming_flow_key(ep.vni, &flow), FLOW_INGRESS, ing.gen, 0) {
         count(Program::IngressLearn, Counter::Learned);
     }
 }
@@ -386,18 +389,22 @@ fn fast_path_network(vni: u32) -> bool {
     unsafe { ONC_NETWORKS.get(vni) }.is_some()
 }
 
-/// Has the slow path admitted this flow in both directions, under the current generations of
-/// the remote container's egress entry and the local container's delivery entry?
+/// The flow's state if the slow path admitted it in both directions, under the current
+/// generations of the remote container's egress entry and the local container's delivery entry.
 #[inline(always)]
-fn admitted(key: &FlowKey, egress_gen: u32, ingress_gen: u32) -> bool {
-    match unsafe { ONC_FILTER.get(key) } {
-        Some(f) => f.bits & FLOW_BOTH == FLOW_BOTH && f.egress_gen == egress_gen && f.ingress_gen == ingress_gen,
-        None => false,
+fn admitted(key: &FlowKey, egress_gen: u32, ingress_gen: u32) -> Option<FlowState> {
+    let f = unsafe { ONC_FILTER.get(key) }?;
+    if f.bits & FLOW_BOTH == FLOW_BOTH && f.egress_gen == egress_gen && f.ingress_gen == ingress_gen {
+        Some(*f)
+    } else {
+        None
     }
 }
 
 /// Records that the slow path admitted the flow in one direction (`bit`) under generation
-/// `gen` of that direction's entry; a bit recorded under another generation is replaced.
+/// `gen` of that direction's entry; a bit recorded under another generation is replaced. The
+/// egress direction also records the outer source port the slow path used (`sport`; the
+/// kernel may pick another for a flow later, e.g. a TCP socket's rehash after a timeout).
 /// Returns whether anything changed.
 ///
 /// Not atomic (the BPF target has no 32-bit atomics in core): when the two learning programs
@@ -405,25 +412,28 @@ fn admitted(key: &FlowKey, egress_gen: u32, ingress_gen: u32) -> bool {
 /// again — only delaying the fast path by a packet. Correctness never depends on it: a stale
 /// generation never admits.
 #[inline(always)]
-fn admit(key: &FlowKey, bit: u32, gen: u32) -> bool {
+fn admit(key: &FlowKey, bit: u32, gen: u32, sport: u16) -> bool {
+    let egress = bit == FLOW_EGRESS;
     if let Some(v) = ONC_FILTER.get_ptr_mut(key) {
         let mut cur = unsafe { v.read_volatile() };
-        let have = if bit == FLOW_EGRESS { cur.egress_gen } else { cur.ingress_gen };
-        if cur.bits & bit != 0 && have == gen {
+        let have = if egress { cur.egress_gen } else { cur.ingress_gen };
+        if cur.bits & bit != 0 && have == gen && (!egress || cur.sport == sport) {
             return false;
         }
         cur.bits |= bit;
-        if bit == FLOW_EGRESS {
+        if egress {
             cur.egress_gen = gen;
+            cur.sport = sport;
         } else {
             cur.ingress_gen = gen;
         }
         unsafe { v.write_volatile(cur) };
         return true;
     }
-    let mut st = FlowState { bits: bit, egress_gen: 0, ingress_gen: 0 };
-    if bit == FLOW_EGRESS {
+    let mut st = FlowState { bits: bit, egress_gen: 0, ingress_gen: 0, sport: 0, _pad: 0 };
+    if egress {
         st.egress_gen = gen;
+        st.sport = sport;
     } else {
         st.ingress_gen = gen;
     }

@@ -25,12 +25,6 @@ const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 
-/// Outer UDP source ports: the IANA dynamic range, as `udp_flow_src_port(min, max)` maps it,
-/// i.e. [min, max). A VXLAN device created with `srcport 49152 65535` picks the very same port
-/// for a flow, so the outer 5-tuple does not change when a flow moves to the fast path.
-const SPORT_MIN: u32 = 49152;
-const SPORT_MAX: u32 = 65535;
-
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct EthHdr {
@@ -148,6 +142,8 @@ impl Flow {
 pub struct Vxlan {
     pub eth: EthHdr,
     pub ip: Ipv4Hdr,
+    /// Outer UDP source port, host order.
+    pub sport: u16,
     pub vni: u32,
 }
 
@@ -237,6 +233,7 @@ pub fn parse_vxlan(ctx: &TcContext) -> Option<Vxlan> {
     Some(Vxlan {
         eth: h.eth,
         ip: h.ip,
+        sport: u16::from_be_bytes([h.udp[0], h.udp[1]]),
         vni,
     })
 }
@@ -333,13 +330,4 @@ fn ipv4_checksum(h: &[u8; IPV4_LEN]) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     !(sum as u16)
-}
-
-/// Outer UDP source port from the inner flow hash, exactly as the kernel's `udp_flow_src_port`:
-/// fold the low bits up, then scale into the range by multiply-shift (no modulo bias).
-#[inline(always)]
-pub fn udp_src_port(hash: u32) -> u16 {
-    let hash = hash ^ (hash << 16);
-    let span = u64::from(SPORT_MAX - SPORT_MIN);
-    ((u64::from(hash) * span) >> 32) as u16 + SPORT_MIN as u16
 }

@@ -17,6 +17,11 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 pub use underlay::Underlay;
 
+/// The kind of link between a container and its network's bridge. netkit (6.8+) would spare
+/// the fast path veth's per-packet backlog hop on send, but the kernels oncache is built and
+/// tested on lack it (CONFIG_NETKIT unset), so nothing here uses it yet.
+pub const CONTAINER_LINK: &str = "veth";
+
 /// The container side of a CNI attachment, as [`Dataplane::plug_container`] makes it.
 pub struct ContainerSide<'a> {
     /// The container's network namespace (an open nsfs file) and its path, for messages.

@@ -39,8 +39,9 @@ pub struct Config {
     /// every host; 0: this host runs alone and tells no one).
     #[arg(long, alias = "announce-port", env = "ONCACHE_GOSSIP_PORT", default_value_t = cluster::DEFAULT_PORT)]
     pub gossip_port: u16,
-    /// How to attach the fast path's programs [default: tcx where the kernel has it (6.6+),
-    /// otherwise clsact].
+    /// How to attach the fast path's programs to the underlay [default: tcx where the kernel
+    /// has it (6.6+), otherwise clsact]. Endpoint veths always get clsact filters: attaching
+    /// them costs no RCU grace period per container, as TCX would.
     #[arg(long, env = "ONCACHE_TC_ATTACH", value_enum)]
     pub tc_attach: Option<AttachMode>,
     /// The scope the driver declares to dockerd: `local` (each dockerd keeps its own network

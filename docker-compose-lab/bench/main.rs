@@ -292,6 +292,30 @@ const SERVERS: [&[&str]; 3] = [
     &["sockperf", "server", "-i", "0.0.0.0", "-p", "11112", "--tcp"],
 ];
 
+/// Turns `kernel.bpf_stats_enabled` off for its lifetime, if it was on.
+struct BpfStatsOff(bool);
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStatsOff {
+    fn new() -> BpfStatsOff {
+        let on = std::fs::read_to_string(BPF_STATS).is_ok_and(|v| v.trim() == "1");
+        if on {
+            eprintln!("kernel.bpf_stats_enabled is on: off while measuring (it times every program run)");
+            std::fs::write(BPF_STATS, "0").expect("turning bpf_stats off");
+        }
+        BpfStatsOff(on)
+    }
+}
+
+impl Drop for BpfStatsOff {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = std::fs::write(BPF_STATS, "1");
+        }
+    }
+}
+
 fn main() {
     let o = opts();
     let mut tb: Box<dyn Testbed> = match o.lab {
@@ -306,8 +330,14 @@ fn main() {
     let mut hits = [0u64; CONFIGS.len()];
     // Addresses do not change between rounds: look them up once.
     let all_ends: Vec<Ends> = CONFIGS.iter().map(|c| ends(tb_ref, *c)).collect();
+    // Every program run is timed while bpf_stats is on (two clock reads each): off while measuring.
+    let _stats_off = BpfStatsOff::new();
     for round in 0..o.rounds {
-        for (ci, c) in CONFIGS.iter().enumerate() {
+        // Forward, then backward: a machine drifting through a round weighs on no configuration
+        // more than on another.
+        let order: Vec<usize> = if round % 2 == 0 { (0..CONFIGS.len()).collect() } else { (0..CONFIGS.len()).rev().collect() };
+        for ci in order {
+            let c = &CONFIGS[ci];
             if o.only.as_deref().is_some_and(|only| only != c.short()) {
                 continue;
             }

@@ -31,8 +31,8 @@ pub fn table(o: &Opts, testbed: &str, results: &[Vec<Vec<f64>>], hits: &[u64]) -
     for c in CONFIGS {
         write!(t, " {} |", c.name()).unwrap();
     }
-    writeln!(t, " fast/bare | fast/overlay | fast/slow |").unwrap();
-    writeln!(t, "|---|---|---|---|---|---|---|---|").unwrap();
+    writeln!(t, " fast/bare | fast/bare per round | fast/overlay | fast/slow |").unwrap();
+    writeln!(t, "|---|---|---|---|---|---|---|---|---|").unwrap();
     for mi in measured(results) {
         let (name, unit) = METRICS[mi];
         let cells: Vec<_> = (0..CONFIGS.len()).map(|ci| median(&results[ci][mi])).collect();
@@ -41,9 +41,11 @@ pub fn table(o: &Opts, testbed: &str, results: &[Vec<Vec<f64>>], hits: &[u64]) -
             write!(t, " {m:.2} ({lo:.2}–{hi:.2}) |").unwrap();
         }
         let f = cells[3].0;
-        writeln!(t, " {:.2} | {:.2} | {:.2} |", f / cells[0].0, f / cells[1].0, f / cells[2].0).unwrap();
+        let paired: Vec<f64> = results[3][mi].iter().zip(&results[0][mi]).map(|(f, b)| f / b).collect();
+        let (pm, plo, phi) = median(&paired);
+        writeln!(t, " {:.2} | {pm:.2} ({plo:.2}–{phi:.2}) | {:.2} | {:.2} |", f / cells[0].0, f / cells[1].0, f / cells[2].0).unwrap();
     }
-    writeln!(t, "\nMedians (min–max). Ratios: fast path over the other configuration (above 1 is more for rates, slower for latency and CPU).").unwrap();
+    writeln!(t, "\nMedians (min–max). Ratios: fast path over the other configuration (above 1 is more for rates, slower for latency and CPU); \"per round\": the median (min–max) of each round's own fast/bare ratio, which a machine whose speed drifts between rounds disturbs less. Configurations run in reverse order every other round.").unwrap();
     writeln!(t, "CPU per transaction: busy CPU time over the sockperf run divided by its transactions; \"machine\" is the whole machine's (both hosts share its CPUs; CPUs x elapsed time - idle time), a node's is its cgroup's CPU time (softirq work is charged to whatever task it interrupted, so the split between nodes is approximate).").unwrap();
     writeln!(t, "Fast-path hits during each configuration: {}", CONFIGS.iter().zip(hits).map(|(c, h)| format!("{} {h}", c.name())).collect::<Vec<_>>().join(", ")).unwrap();
     t

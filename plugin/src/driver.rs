@@ -139,6 +139,12 @@ fn now_ms() -> u64 {
 }
 
 /// An endpoint's addresses (IPv4 and IPv6), without prefix lengths.
+/// What other hosts are told of a joined endpoint: each of its addresses in network `vni`.
+fn published(ep: &Endpoint, vni: u32) -> Vec<Published> {
+    let Ok(mac) = naming::parse_mac(&ep.mac) else { return Vec::new() };
+    addrs_of(ep).into_iter().map(|ip| Published { vni, ip, mac, since: ep.joined_at }).collect()
+}
+
 fn addrs_of(ep: &Endpoint) -> Vec<IpAddr> {
     [&ep.ipv4, &ep.ipv6].into_iter().flatten().filter_map(|a| Cidr::parse(a).ok()).map(|c| c.addr).collect()
 }
@@ -189,20 +195,29 @@ impl Driver {
     }
 
     /// Tells the other hosts which endpoints are joined here now (all of them: the gossip
-    /// sends only what changed).
+    /// sends only what changed). Of two joined endpoints with one address (a container that
+    /// rejoined before its old endpoint went), the later join is published.
     async fn publish(&self) -> Result<()> {
         let Some(c) = &self.cluster else { return Ok(()) };
         let networks = self.store.networks()?;
         let mut eps = Vec::new();
         for ep in self.store.endpoints()?.iter().filter(|e| e.sandbox.is_some()) {
-            let (Some(n), Ok(mac)) = (networks.iter().find(|n| n.id == ep.network_id), naming::parse_mac(&ep.mac)) else { continue };
-            for ip in addrs_of(ep) {
-                eps.push(Published { vni: n.vni, ip, mac, since: ep.joined_at });
-            }
+            let Some(n) = networks.iter().find(|n| n.id == ep.network_id) else { continue };
+            eps.extend(published(ep, n.vni));
         }
+        eps.sort_by_key(|e| e.since);
         log::debug!("publishing {} local endpoint addresses", eps.len());
         c.publish(&eps).await;
         Ok(())
+    }
+
+    /// Tells the other hosts that `ep` joined here, and nothing else: a Join costs the same
+    /// however many endpoints there are (what goes away is published in full, so that an
+    /// address another endpoint still has stays published).
+    async fn publish_joined(&self, ep: &Endpoint, vni: u32) {
+        if let Some(c) = &self.cluster {
+            c.publish_more(&published(ep, vni)).await;
+        }
     }
 
     /// Brings the kernel's remote endpoints in line with what the cluster says
@@ -675,7 +690,7 @@ impl Driver {
             log::warn!("endpoint {}: fast path not attached, slow path only: {e:#}", ep.id);
         }
         crashpoint::here(crashpoint::JOIN_FAST);
-        self.publish().await?;
+        self.publish_joined(&ep, n.vni).await;
         log::info!("endpoint {} joined {sandbox} via {src}", ep.id);
         Ok(src)
     }

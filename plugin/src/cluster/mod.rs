@@ -138,6 +138,26 @@ impl Cluster {
             .await;
     }
 
+    /// Adds (or replaces) this host's entries for `eps` and leaves the others: what a Join
+    /// changes, without [`publish`](Self::publish)'s look at every endpoint there is.
+    pub async fn publish_more(&self, eps: &[Published]) {
+        self.handle
+            .with_chitchat(|c| {
+                let me = c.self_node_state();
+                for e in eps {
+                    let (k, v) = (e.key(), e.value());
+                    if me.get(&k) != Some(v.as_str()) {
+                        me.set(&k, v);
+                    }
+                }
+                let count = me.key_values().filter(|(k, _)| k.starts_with(view::KEY_PREFIX)).count().to_string();
+                if me.get(READY_KEY) != Some(count.as_str()) {
+                    me.set(READY_KEY, count);
+                }
+            })
+            .await;
+    }
+
     /// The endpoints each counted peer publishes: its newest live generation that has
     /// published (a live one that has not yet makes the peer pending: what is programmed for it
     /// stays); a peer with no live generation for less than [`DOWN_GRACE`], its last state.

@@ -77,6 +77,7 @@ fn restart_keeps_fast_traffic_with_tcx() {
     let lab = restart_keeps_fast_traffic(&[]);
     let h0 = lab.host(0);
     assert!(status(h0)["fastpath"].as_str().unwrap().starts_with("on (tcx on the underlay"), "{}", status(h0));
+    assert_eq!(status(h0)["container_link"], "veth", "{}", status(h0));
     let links = h0.sh(&format!("ls {}/links", h0.bpf_dir.display()));
     assert_eq!(links.split_whitespace().collect::<Vec<_>>(), ["ul0:egress", "ul0:ingress"], "TCX links are the underlay's only");
     // Endpoints: one cls_bpf filter per hook, replaced in place across the restarts.

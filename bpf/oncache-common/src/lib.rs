@@ -159,6 +159,12 @@ pub struct FlowState {
     /// inner flow per packet (the flow dissector is the costliest step for UDP).
     pub sport: u16,
     pub _pad: u16,
+    /// The remote host the outer header below leads to, learned with [`FLOW_EGRESS`].
+    pub vtep: [u8; 4],
+    /// The outer header the slow path built for this flow (as ONC_OUTER holds it for `vtep`),
+    /// learned with [`FLOW_EGRESS`]: the egress program finds everything it sends with in the
+    /// entry that admits the flow, one map lookup fewer per packet.
+    pub outer: OuterHeader,
 }
 
 pub const FLOW_EGRESS: u32 = 1;
@@ -230,7 +236,7 @@ mod tests {
         assert_eq!(size_of::<EgressEntry>(), 16);
         assert_eq!(size_of::<OuterHeader>(), 24);
         assert_eq!(size_of::<IngressEntry>(), 16);
-        assert_eq!(size_of::<FlowState>(), 16);
+        assert_eq!(size_of::<FlowState>(), 44);
         assert_eq!(size_of::<FlowKey>(), 20);
         assert_eq!(stat_index(Program::IngressLearn, Counter::Rejected), STATS_LEN - 1);
     }

@@ -130,12 +130,15 @@ fn egress_fast(ctx: &TcContext) -> i32 {
     if !same(&flow.eth.dst, &eg.mac) {
         return count(P, Counter::Miss);
     }
+    // The flow's entry carries the outer header and port it was admitted with (towards the
+    // host the egress entry names under this generation): no ONC_OUTER lookup here.
     let Some(admission) = admitted(&key, eg.gen, ep.gen) else {
         return count(P, Counter::Miss);
     };
-    let Some(outer) = (unsafe { ONC_OUTER.get(eg.vtep) }) else {
+    if !same(&admission.vtep, &eg.vtep) {
         return count(P, Counter::Miss);
-    };
+    }
+    let outer = &admission.outer;
 
     let len = ctx.len();
     let outer_ip_len = len + OUTER_L3_OVERHEAD;
@@ -291,8 +294,10 @@ fn egress_learn(ctx: &TcContext) {
         ifindex: skb_ifindex(ctx),
     };
     let key = outgoing_flow_key(vni, &inner);
+    // ONC_OUTER keeps the host's header for `oncache cache` and for invalidation by next hop;
+    // the flow's entry gets its own copy, which the egress program uses.
     let mut changed = put_if_changed(&ONC_OUTER, &outer.ip.dst, &header);
-    changed |= admit(&key, FLOW_EGRESS, eg.gen, outer.sport);
+    changed |= admit_egress(&key, eg.gen, outer.sport, outer.ip.dst, &header);
     if changed {
         count(Program::EgressLearn, Counter::Learned);
     }
@@ -327,7 +332,7 @@ fn ingress_learn(ctx: &TcContext) {
     if ing.ifindex != ifindex || !same(&ing.mac, &flow.eth.dst) {
         return;
     }
-    if admit(&incoming_flow_key(ep.vni, &flow), FLOW_INGRESS, ing.gen, 0) {
+    if admit_ingress(&incoming_flow_key(ep.vni, &flow), ing.gen) {
         count(Program::IngressLearn, Counter::Learned);
     }
 }
@@ -401,42 +406,54 @@ fn admitted(key: &FlowKey, egress_gen: u32, ingress_gen: u32) -> Option<FlowStat
     }
 }
 
-/// Records that the slow path admitted the flow in one direction (`bit`) under generation
-/// `gen` of that direction's entry; a bit recorded under another generation is replaced. The
-/// egress direction also records the outer source port the slow path used (`sport`; the
-/// kernel may pick another for a flow later, e.g. a TCP socket's rehash after a timeout).
-/// Returns whether anything changed.
+/// Records that the slow path admitted the flow outwards under generation `gen` of the remote
+/// container's egress entry, with the outer header and source port it built (the kernel may
+/// pick another port for a flow later, e.g. a TCP socket's rehash after a timeout). The entry
+/// is replaced whole, never written in place, so the egress program never reads a half-written
+/// header. Returns whether anything changed.
 ///
-/// Not atomic (the BPF target has no 32-bit atomics in core): when the two learning programs
-/// race on one entry a bit can be lost, and the next admitted packet of that direction sets it
-/// again — only delaying the fast path by a packet. Correctness never depends on it: a stale
-/// generation never admits.
+/// Not atomic with the ingress learner (the BPF target has no atomics in core): when both race
+/// on one entry a bit can be lost, and the next admitted packet of that direction sets it again,
+/// only delaying the fast path by a packet. Correctness never depends on it: a stale generation
+/// never admits.
 #[inline(always)]
-fn admit(key: &FlowKey, bit: u32, gen: u32, sport: u16) -> bool {
-    let egress = bit == FLOW_EGRESS;
+fn admit_egress(key: &FlowKey, gen: u32, sport: u16, vtep: [u8; 4], header: &OuterHeader) -> bool {
+    let mut st: FlowState = match unsafe { ONC_FILTER.get(key) } {
+        Some(cur) => *cur,
+        // All zeroes: an aligned fill, as in flow_key.
+        None => unsafe { core::mem::zeroed() },
+    };
+    if st.bits & FLOW_EGRESS != 0 && st.egress_gen == gen && st.sport == sport && same(&st.vtep, &vtep) && same(&st.outer, header) {
+        return false;
+    }
+    st.bits |= FLOW_EGRESS;
+    st.egress_gen = gen;
+    st.sport = sport;
+    st.vtep = vtep;
+    st.outer = *header;
+    ONC_FILTER.insert(key, &st, 0).is_ok()
+}
+
+/// Records that the slow path delivered the flow inwards under generation `gen` of the local
+/// container's delivery entry. Writes only the generation and the bit, in place: the outer
+/// header the egress program may be reading at that moment is left alone.
+#[inline(always)]
+fn admit_ingress(key: &FlowKey, gen: u32) -> bool {
     if let Some(v) = ONC_FILTER.get_ptr_mut(key) {
-        let mut cur = unsafe { v.read_volatile() };
-        let have = if egress { cur.egress_gen } else { cur.ingress_gen };
-        if cur.bits & bit != 0 && have == gen && (!egress || cur.sport == sport) {
-            return false;
+        unsafe {
+            let bits = core::ptr::addr_of_mut!((*v).bits);
+            let have = core::ptr::addr_of_mut!((*v).ingress_gen);
+            if bits.read_volatile() & FLOW_INGRESS != 0 && have.read_volatile() == gen {
+                return false;
+            }
+            have.write_volatile(gen);
+            bits.write_volatile(bits.read_volatile() | FLOW_INGRESS);
         }
-        cur.bits |= bit;
-        if egress {
-            cur.egress_gen = gen;
-            cur.sport = sport;
-        } else {
-            cur.ingress_gen = gen;
-        }
-        unsafe { v.write_volatile(cur) };
         return true;
     }
-    let mut st = FlowState { bits: bit, egress_gen: 0, ingress_gen: 0, sport: 0, _pad: 0 };
-    if egress {
-        st.egress_gen = gen;
-        st.sport = sport;
-    } else {
-        st.ingress_gen = gen;
-    }
+    let mut st: FlowState = unsafe { core::mem::zeroed() };
+    st.bits = FLOW_INGRESS;
+    st.ingress_gen = gen;
     ONC_FILTER.insert(key, &st, BPF_NOEXIST as u64).is_ok()
 }
 

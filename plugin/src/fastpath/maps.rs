@@ -191,8 +191,12 @@ impl Maps {
 
     /// Outer headers that `stale(host, next-hop MAC)` selects go (they are learned again from
     /// the next slow-path packet to that host): after a neighbour or route change.
+    /// Admitted flows carry their own copy of the header (the egress program reads it there):
+    /// a flow whose copy is stale goes too, and is admitted again with the new one.
     pub fn forget_outer(&mut self, stale: impl Fn([u8; 4], [u8; 6]) -> bool) -> Result<usize> {
-        remove_where::<[u8; 4], c::OuterHeader>(&mut self.outer, |k, v| stale(*k, v.eth[..6].try_into().expect("6 bytes")))
+        let next_hop = |h: &c::OuterHeader| -> [u8; 6] { h.eth[..6].try_into().expect("6 bytes") };
+        Ok(remove_where::<[u8; 4], c::OuterHeader>(&mut self.outer, |k, v| stale(*k, next_hop(v)))?
+            + remove_where::<c::FlowKey, c::FlowState>(&mut self.filter, |_, v| v.bits & c::FLOW_EGRESS != 0 && stale(v.vtep, next_hop(&v.outer)))?)
     }
 
     pub fn stats(&mut self) -> Result<Stats> {

@@ -86,7 +86,7 @@ pub struct FastPath {
 /// Where the maps are pinned under the bpf dir; renamed whenever a map's key or value layout
 /// changes, so that a new daemon never loads against maps of an older layout (their programs
 /// keep them alive until they are replaced; then the old folder is removed).
-/// v3: ONC_FILTER values carry the flow's outer source port.
+/// v3: ONC_FILTER values carry the flow's outer source port, host and header.
 pub const MAPS_DIR: &str = "maps-v3";
 
 fn pin_dirs(dir: &Path) -> [PathBuf; 3] {

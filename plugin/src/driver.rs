@@ -138,13 +138,13 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// An endpoint's addresses (IPv4 and IPv6), without prefix lengths.
 /// What other hosts are told of a joined endpoint: each of its addresses in network `vni`.
 fn published(ep: &Endpoint, vni: u32) -> Vec<Published> {
     let Ok(mac) = naming::parse_mac(&ep.mac) else { return Vec::new() };
     addrs_of(ep).into_iter().map(|ip| Published { vni, ip, mac, since: ep.joined_at }).collect()
 }
 
+/// An endpoint's addresses (IPv4 and IPv6), without prefix lengths.
 fn addrs_of(ep: &Endpoint) -> Vec<IpAddr> {
     [&ep.ipv4, &ep.ipv6].into_iter().flatten().filter_map(|a| Cidr::parse(a).ok()).map(|c| c.addr).collect()
 }

@@ -390,14 +390,15 @@ fn doctor(json: bool, bpf_dir: &std::path::Path) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&checks)?);
     } else {
         for c in &checks {
-            let verdict = match (c.ok, OPTIONAL.contains(&c.name.as_str())) {
+            let optional = OPTIONAL.contains(&c.name.as_str());
+            let verdict = match (c.ok, optional) {
                 (true, _) => "ok     ",
                 (false, true) => "absent ",
                 (false, false) => "MISSING",
             };
             println!("{verdict} {:<14} {}", c.name, c.detail);
             if !c.ok {
-                println!("        {:<14} {}: {}", "", if OPTIONAL.contains(&c.name.as_str()) { "note" } else { "fix" }, c.fix);
+                println!("        {:<14} {}: {}", "", if optional { "note" } else { "fix" }, c.fix);
             }
         }
     }

@@ -397,10 +397,10 @@ fn fast_path_network(vni: u32) -> bool {
 /// The flow's state if the slow path admitted it in both directions, under the current
 /// generations of the remote container's egress entry and the local container's delivery entry.
 #[inline(always)]
-fn admitted(key: &FlowKey, egress_gen: u32, ingress_gen: u32) -> Option<FlowState> {
+fn admitted(key: &FlowKey, egress_gen: u32, ingress_gen: u32) -> Option<&'static FlowState> {
     let f = unsafe { ONC_FILTER.get(key) }?;
     if f.bits & FLOW_BOTH == FLOW_BOTH && f.egress_gen == egress_gen && f.ingress_gen == ingress_gen {
-        Some(*f)
+        Some(f)
     } else {
         None
     }

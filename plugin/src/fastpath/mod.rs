@@ -198,14 +198,12 @@ impl FastPath {
         Ok(())
     }
 
-    /// Takes oncache's programs off an endpoint's veth (which may be gone already), and the
-    /// TCX links an older oncache pinned for it.
-    fn detach(&self, ifname: &str) -> Result<()> {
+    /// Takes oncache's filters off an endpoint's veth (which may be gone already). TCX links
+    /// an older oncache pinned for veths went at start ([`prune_links`](Self::prune_links)).
+    fn detach(&self, ifname: &str) {
         for hook in [Hook::Ingress, Hook::Egress] {
-            remove_pin(&self.link_pin(ifname, hook))?;
             detach_clsact(ifname, hook);
         }
-        Ok(())
     }
 
     /// Puts the fast path on a joined endpoint's host-side veth: always as cls_bpf filters,
@@ -223,7 +221,7 @@ impl FastPath {
     /// nothing of another endpoint that has its address now (a container restarted by a
     /// dockerd that lost its old endpoint joins with the same address before the old one goes).
     pub fn detach_endpoint(&mut self, veth: &str, at: VethAt, vni: u32, ip: Option<[u8; 4]>) -> Result<()> {
-        self.detach(veth)?;
+        self.detach(veth);
         match at {
             VethAt::Index(i) => {
                 self.maps.remove_endpoint(i)?;

@@ -1,6 +1,7 @@
 //! Multi-host benchmark: two Docker hosts, each with its own dockerd and oncache daemon, in one
 //! Swarm, measured in one run with the configurations interleaved round by round: bare host to
-//! host, Docker's overlay (attachable swarm overlay), oncache slow path
+//! host, bare host to host at the overlay's MTU (a route MTU: what the overlay's 50 bytes cost
+//! TCP by themselves), Docker's overlay (attachable swarm overlay), oncache slow path
 //! (`-o oncache.fastpath=false`), oncache fast path.
 //!
 //!     cargo bench -p oncache --bench lab -- [--lab compose|netns] [--rounds N] [--seconds S]
@@ -73,7 +74,7 @@ pub struct Opts {
     only: Option<String>,
 }
 
-const USAGE: &str = "usage: cargo bench -p oncache --bench lab -- [--lab compose|netns] [--rounds N] [--seconds S] [--short] [--out DIR] [--only bare|overlay|slow|fast]";
+const USAGE: &str = "usage: cargo bench -p oncache --bench lab -- [--lab compose|netns] [--rounds N] [--seconds S] [--short] [--out DIR] [--only bare|bare-mtu|overlay|slow|fast]";
 
 fn opts() -> Opts {
     let default_out = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../docker-compose-lab/results"));
@@ -111,7 +112,7 @@ fn opts() -> Opts {
             }
             "--bench" => {}
             "-h" | "--help" => {
-                println!("{USAGE}\n\nMeasures bare host, Docker overlay, oncache slow path and oncache fast path between two hosts,\ninterleaved round by round; prints a markdown table and writes it with a chart to --out\n(default docker-compose-lab/results). --short: 1 round of 1 s, nothing written (CI).");
+                println!("{USAGE}\n\nMeasures bare host (also at the overlay's MTU), Docker overlay, oncache slow path and oncache fast path between two hosts,\ninterleaved round by round; prints a markdown table and writes it with a chart to --out\n(default docker-compose-lab/results). --short: 1 round of 1 s, nothing written (CI).");
                 std::process::exit(0)
             }
             other => bad(&format!("unknown argument {other}")),
@@ -123,17 +124,25 @@ fn opts() -> Opts {
 #[derive(Clone, Copy, PartialEq)]
 pub enum Config {
     Bare,
+    /// Bare host to host, the client's route to the server limited to the containers' MTU.
+    BareMtu,
     Overlay,
     Slow,
     Fast,
 }
 
-pub const CONFIGS: [Config; 4] = [Config::Bare, Config::Overlay, Config::Slow, Config::Fast];
+pub const CONFIGS: [Config; 5] = [Config::Bare, Config::BareMtu, Config::Overlay, Config::Slow, Config::Fast];
+
+/// Where C's results are (its place in CONFIGS).
+pub fn at(c: Config) -> usize {
+    CONFIGS.iter().position(|k| *k == c).expect("every configuration is in CONFIGS")
+}
 
 impl Config {
     fn short(self) -> &'static str {
         match self {
             Config::Bare => "bare",
+            Config::BareMtu => "bare-mtu",
             Config::Overlay => "overlay",
             Config::Slow => "slow",
             Config::Fast => "fast",
@@ -142,6 +151,7 @@ impl Config {
     pub fn name(self) -> &'static str {
         match self {
             Config::Bare => "bare host",
+            Config::BareMtu => "bare host, overlay MTU",
             Config::Overlay => "Docker overlay",
             Config::Slow => "oncache slow path",
             Config::Fast => "oncache fast path",
@@ -150,7 +160,7 @@ impl Config {
     /// Server and client containers (None: the hosts themselves), and their network.
     fn containers(self) -> Option<(&'static str, &'static str, &'static str)> {
         match self {
-            Config::Bare => None,
+            Config::Bare | Config::BareMtu => None,
             Config::Overlay => Some(("bench-os", "bench-oc", "bench-ov")),
             Config::Slow => Some(("bench-ss", "bench-sc", "bench-slow")),
             Config::Fast => Some(("bench-fs", "bench-fc", "bench-fast")),
@@ -162,8 +172,10 @@ impl Config {
 const IMAGE: &str = "oncache-test:latest";
 
 /// (name, unit)
-pub const METRICS: [(&str, &str); 14] = [
+pub const METRICS: [(&str, &str); 15] = [
     ("TCP throughput, 1 flow", "Gbit/s"),
+    // Whether GSO packets cross the underlay whole (tens of KB each) or were cut to the MTU.
+    ("TCP 1 flow, bytes per packet the server's underlay received", "B"),
     ("TCP throughput, 4 flows", "Gbit/s"),
     ("TCP RR rate", "trans/s"),
     ("TCP RR latency p50", "µs"),
@@ -265,17 +277,53 @@ fn prepare(tb: &mut dyn Testbed) {
     }
     for s in SERVERS {
         tb.host_serve(0, s);
-        for c in &CONFIGS[1..] {
-            let mut cmd = vec!["exec", "-d", c.containers().unwrap().0];
+        for (server, _, _) in CONFIGS.iter().filter_map(|c| c.containers()) {
+            let mut cmd = vec!["exec", "-d", server];
             cmd.extend_from_slice(s);
             tb.docker(0, &cmd);
         }
     }
+    limit_route_mtu(tb);
     std::thread::sleep(Duration::from_millis(800));
+}
+
+/// The server host's second address, for the bare host at the overlay's MTU (inside the lab's
+/// own namespaces, beside the benchmark's container subnets 10.210-212.0.0/24).
+const BARE_MTU_IP: &str = "10.213.0.1";
+
+/// The name of the node's interface that holds its underlay address.
+fn underlay_dev(tb: &dyn Testbed, node: usize) -> String {
+    let ip = tb.underlay_ip(node);
+    let addrs = tb.host_exec(node, &["ip", "-o", "-4", "addr", "show"]);
+    let line = addrs.lines().find(|l| l.contains(&format!(" inet {ip}/"))).unwrap_or_else(|| panic!("no interface of node {node} has {ip}: {addrs}"));
+    let name = line.split_whitespace().nth(1).expect("ip -o addr: interface name");
+    name.split('@').next().unwrap().to_string()
+}
+
+/// Packets and bytes the server node's underlay interface has received so far (from netlink:
+/// the namespace lab's hosts see the machine's /sys).
+fn underlay_rx(tb: &dyn Testbed, dev: &str) -> (u64, u64) {
+    let out = tb.host_exec(0, &["ip", "-j", "-s", "link", "show", "dev", dev]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip -j -s link: {e}: {out}"));
+    let rx = &v[0]["stats64"]["rx"];
+    let n = |k: &str| rx[k].as_u64().unwrap_or_else(|| panic!("ip -j -s link lacks rx {k}: {out}"));
+    (n("packets"), n("bytes"))
+}
+
+/// Gives the server host BARE_MTU_IP and the client host a route to it with the containers'
+/// MTU, so that TCP between the hosts uses the overlay's segment size and nothing else of it.
+fn limit_route_mtu(tb: &dyn Testbed) {
+    let (_, client, _) = Config::Fast.containers().unwrap();
+    let mtu = tb.docker(1, &["exec", client, "cat", "/sys/class/net/eth0/mtu"]).trim().to_string();
+    let addr = format!("{BARE_MTU_IP}/32");
+    tb.host_exec(0, &["ip", "addr", "add", &addr, "dev", &underlay_dev(tb, 0)]);
+    tb.host_exec(1, &["ip", "route", "add", &addr, "dev", &underlay_dev(tb, 1), "mtu", &mtu]);
+    eprintln!("bare host, overlay MTU: node 1 reaches {BARE_MTU_IP} on node 0 with MTU {mtu}");
 }
 
 fn ends(tb: &dyn Testbed, c: Config) -> Ends {
     match c.containers() {
+        None if c == Config::BareMtu => Ends { client: None, server_ip: BARE_MTU_IP.to_string() },
         None => Ends { client: None, server_ip: tb.underlay_ip(0) },
         Some((server, client, net)) => {
             let f = format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}");
@@ -330,6 +378,7 @@ fn main() {
     let mut hits = [0u64; CONFIGS.len()];
     // Addresses do not change between rounds: look them up once.
     let all_ends: Vec<Ends> = CONFIGS.iter().map(|c| ends(tb_ref, *c)).collect();
+    let server_dev = underlay_dev(tb_ref, 0);
     // Every program run is timed while bpf_stats is on (two clock reads each): off while measuring.
     let _stats_off = BpfStatsOff::new();
     for round in 0..o.rounds {
@@ -344,9 +393,12 @@ fn main() {
             let e = &all_ends[ci];
             let before = fast_hits(tb_ref, 0) + fast_hits(tb_ref, 1);
             let r = &mut results[ci];
+            let rx = underlay_rx(tb_ref, &server_dev);
             r[0].push(iperf(tb_ref, e, o.seconds, 1));
-            r[1].push(iperf(tb_ref, e, o.seconds, 4));
-            for (base, tcp) in [(2, true), (8, false)] {
+            let (packets, bytes) = underlay_rx(tb_ref, &server_dev);
+            r[1].push((bytes - rx.1) as f64 / (packets - rx.0).max(1) as f64);
+            r[2].push(iperf(tb_ref, e, o.seconds, 4));
+            for (base, tcp) in [(3, true), (9, false)] {
                 for (k, v) in sockperf(tb_ref, e, o.seconds, tcp).into_iter().enumerate() {
                     r[base + k].push(v);
                 }
@@ -370,7 +422,8 @@ fn main() {
         report::write(dir, o.lab.stem(), &table, &results);
     }
     tb.finish();
-    assert!(hits[0] == 0 && hits[1] == 0 && hits[2] == 0, "the fast path was used outside the fast configuration: {hits:?}");
-    assert!(hits[3] > 0, "the fast configuration never took the fast path");
-    println!("fast path checked: {} hits in the fast configuration, none in the others", hits[3]);
+    let fast = at(Config::Fast);
+    assert!(hits.iter().enumerate().all(|(ci, h)| ci == fast || *h == 0), "the fast path was used outside the fast configuration: {hits:?}");
+    assert!(hits[fast] > 0, "the fast configuration never took the fast path");
+    println!("fast path checked: {} hits in the fast configuration, none in the others", hits[fast]);
 }

@@ -174,8 +174,8 @@ const IMAGE: &str = "oncache-test:latest";
 /// (name, unit)
 pub const METRICS: [(&str, &str); 15] = [
     ("TCP throughput, 1 flow", "Gbit/s"),
-    // Whether GSO packets cross the underlay whole (tens of KB each) or were cut to the MTU.
-    ("TCP 1 flow, bytes per packet the server's underlay received", "B"),
+    // Received by the server's underlay: whether GSO packets cross whole (tens of KB) or cut to the MTU.
+    ("TCP 1 flow, bytes per underlay packet", "B"),
     ("TCP throughput, 4 flows", "Gbit/s"),
     ("TCP RR rate", "trans/s"),
     ("TCP RR latency p50", "µs"),

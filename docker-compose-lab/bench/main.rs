@@ -283,7 +283,6 @@ fn prepare(tb: &mut dyn Testbed) {
             tb.docker(0, &cmd);
         }
     }
-    limit_route_mtu(tb);
     std::thread::sleep(Duration::from_millis(800));
 }
 
@@ -310,22 +309,23 @@ fn underlay_rx(tb: &dyn Testbed, dev: &str) -> (u64, u64) {
     (n("packets"), n("bytes"))
 }
 
-/// Gives the server host BARE_MTU_IP and the client host a route to it with the containers'
-/// MTU, so that TCP between the hosts uses the overlay's segment size and nothing else of it.
-fn limit_route_mtu(tb: &dyn Testbed) {
+/// Gives the server host (its underlay is `server_dev`) BARE_MTU_IP and the client host a route
+/// to it with the containers' MTU, so that TCP between the hosts uses the overlay's segment
+/// size and nothing else of it.
+fn limit_route_mtu(tb: &dyn Testbed, server_dev: &str) {
     let (_, client, _) = Config::Fast.containers().unwrap();
     let mtu = tb.docker(1, &["exec", client, "cat", "/sys/class/net/eth0/mtu"]).trim().to_string();
     let addr = format!("{BARE_MTU_IP}/32");
-    tb.host_exec(0, &["ip", "addr", "add", &addr, "dev", &underlay_dev(tb, 0)]);
+    tb.host_exec(0, &["ip", "addr", "add", &addr, "dev", server_dev]);
     tb.host_exec(1, &["ip", "route", "add", &addr, "dev", &underlay_dev(tb, 1), "mtu", &mtu]);
     eprintln!("bare host, overlay MTU: node 1 reaches {BARE_MTU_IP} on node 0 with MTU {mtu}");
 }
 
 fn ends(tb: &dyn Testbed, c: Config) -> Ends {
-    match c.containers() {
-        None if c == Config::BareMtu => Ends { client: None, server_ip: BARE_MTU_IP.to_string() },
-        None => Ends { client: None, server_ip: tb.underlay_ip(0) },
-        Some((server, client, net)) => {
+    match (c, c.containers()) {
+        (Config::BareMtu, _) => Ends { client: None, server_ip: BARE_MTU_IP.to_string() },
+        (_, None) => Ends { client: None, server_ip: tb.underlay_ip(0) },
+        (_, Some((server, client, net))) => {
             let f = format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}");
             let ip = tb.docker(0, &["inspect", "-f", &f, server]).trim().to_string();
             assert!(!ip.is_empty(), "{server} has no address on {net}");
@@ -372,13 +372,14 @@ fn main() {
     };
     prepare(tb.as_mut());
     let tb_ref: &dyn Testbed = tb.as_ref();
+    let server_dev = underlay_dev(tb_ref, 0);
+    limit_route_mtu(tb_ref, &server_dev);
 
     // results[config][metric]: one value per round
     let mut results = vec![vec![Vec::new(); METRICS.len()]; CONFIGS.len()];
     let mut hits = [0u64; CONFIGS.len()];
     // Addresses do not change between rounds: look them up once.
     let all_ends: Vec<Ends> = CONFIGS.iter().map(|c| ends(tb_ref, *c)).collect();
-    let server_dev = underlay_dev(tb_ref, 0);
     // Every program run is timed while bpf_stats is on (two clock reads each): off while measuring.
     let _stats_off = BpfStatsOff::new();
     for round in 0..o.rounds {

@@ -13,7 +13,7 @@ pub mod view;
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpTransport};
-use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
@@ -66,6 +66,14 @@ pub struct View {
 
 /// How often the programmed entries are compared with what the kernel really holds.
 pub const KERNEL_RESYNC: Duration = Duration::from_secs(5);
+
+/// Sets `k` to `v` in this host's state unless it holds that already (a set is a new version,
+/// gossiped to every peer).
+fn put(me: &mut NodeState, k: &str, v: &str) {
+    if me.get(k) != Some(v) {
+        me.set(k, v);
+    }
+}
 
 impl Cluster {
     /// Joins the cluster: gossips on `self_ip:port` with `peers` as seeds.
@@ -126,14 +134,9 @@ impl Cluster {
                     me.delete(&k);
                 }
                 for (k, v) in &want {
-                    if me.get(k) != Some(v.as_str()) {
-                        me.set(k, v);
-                    }
+                    put(me, k, v);
                 }
-                let count = want.len().to_string();
-                if me.get(READY_KEY) != Some(count.as_str()) {
-                    me.set(READY_KEY, count);
-                }
+                put(me, READY_KEY, &want.len().to_string());
             })
             .await;
     }
@@ -144,16 +147,17 @@ impl Cluster {
         self.handle
             .with_chitchat(|c| {
                 let me = c.self_node_state();
+                // The ready count is the number of endpoint keys: it grows by the keys that are
+                // new (counted in full only before the first publish set it).
+                let ready = me.get(READY_KEY).and_then(|n| n.parse::<usize>().ok());
+                let mut added = 0;
                 for e in eps {
-                    let (k, v) = (e.key(), e.value());
-                    if me.get(&k) != Some(v.as_str()) {
-                        me.set(&k, v);
-                    }
+                    let k = e.key();
+                    added += usize::from(me.get(&k).is_none());
+                    put(me, &k, &e.value());
                 }
-                let count = me.key_values().filter(|(k, _)| k.starts_with(view::KEY_PREFIX)).count().to_string();
-                if me.get(READY_KEY) != Some(count.as_str()) {
-                    me.set(READY_KEY, count);
-                }
+                let count = ready.map_or_else(|| me.key_values().filter(|(k, _)| k.starts_with(view::KEY_PREFIX)).count(), |n| n + added);
+                put(me, READY_KEY, &count.to_string());
             })
             .await;
     }

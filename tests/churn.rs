@@ -399,13 +399,7 @@ fn audit(lab: &Lab, when: &str, left: [usize; 2], failed_cmds: &[String]) {
         last.is_empty().then_some(())
     });
     if ok.is_none() {
-        // The whole story, for the reader of a failure (the lab's folder goes with the lab).
-        for (i, h) in lab.hosts().iter().enumerate() {
-            let keep = std::env::temp_dir().join(format!("oncache-churn-{}-host{i}.log", std::process::id()));
-            let _ = std::fs::write(&keep, tail(&h.oncache_log(), usize::MAX));
-            let _ = std::fs::write(keep.with_extension("dockerd.log"), h.dockerd_log());
-            eprintln!("churn: host {i}'s daemon and dockerd logs kept in {}", keep.display());
-        }
+        keep_logs(lab);
     }
     assert!(
         ok.is_some(),
@@ -413,6 +407,16 @@ fn audit(lab: &Lab, when: &str, left: [usize; 2], failed_cmds: &[String]) {
         last.join("\n"),
         tail(&lab.host(0).oncache_log(), 60)
     );
+}
+
+/// The whole story, for the reader of a failure (the lab's folder goes with the lab).
+fn keep_logs(lab: &Lab) {
+    for (i, h) in lab.hosts().iter().enumerate() {
+        let keep = std::env::temp_dir().join(format!("oncache-churn-{}-host{i}.log", std::process::id()));
+        let _ = std::fs::write(&keep, tail(&h.oncache_log(), usize::MAX));
+        let _ = std::fs::write(keep.with_extension("dockerd.log"), h.dockerd_log());
+        eprintln!("churn: host {i}'s daemon and dockerd logs kept in {}", keep.display());
+    }
 }
 
 /// The last `n` lines of a daemon log, without the audit's own queries.
@@ -517,6 +521,9 @@ fn churn_with_the_daemon_killed_at_every_point_and_at_random() {
         kills += 1;
         audit(&lab, &format!("a crash at {point}"), [1, 1], &failed_cmds);
     }
+    if !failed_cmds.is_empty() {
+        keep_logs(&lab);
+    }
     assert!(failed_cmds.is_empty(), "docker commands failed across crash points:\n{}", failed_cmds.join("\n"));
 
     // 2. Rounds with a SIGKILL at a random moment.
@@ -593,10 +600,13 @@ fn churn_with_the_daemon_killed_at_every_point_and_at_random() {
         samples[0],
         samples.last().unwrap()
     );
-    // A container start whose Join was cut off with others may be refused (dockerd resends
+    // A container start whose Join was cut off with another may be refused (dockerd resends
     // them without their bodies; see oncache::inflight): a clear error, and dockerd undoes it.
     let (refused, failed): (Vec<&String>, Vec<&String>) = failed_cmds.iter().partition(|e| e.contains(" run ") && e.contains("cut off by a plugin restart"));
     eprintln!("churn: {} container starts refused after a kill (ambiguous body-less retries), undone by dockerd", refused.len());
+    if !failed.is_empty() {
+        keep_logs(&lab);
+    }
     assert!(failed.is_empty(), "docker commands failed:\n{failed:#?}");
     assert_eq!(sent - answered, 0, "the stayers lost {} of {sent} pings", sent - answered);
     assert!(hits.iter().all(|&n| n > 0), "the stayers' traffic left the fast path: {hits:?}");

@@ -187,7 +187,7 @@ async fn handle(driver: Shared, r: Request<Incoming>, peer: Option<u32>) -> Resu
         Err(_) => return Ok(error(&Fault::bad(format!("{method}: request body not received within {READ_TIMEOUT:?}")))),
     };
     log::debug!("{method} {}", String::from_utf8_lossy(&body));
-    let (body, record) = match driver.calls.plan(&method, &body) {
+    let (body, record) = match driver.calls.plan(&method, &body).await {
         Plan::Run(record) => (body, record),
         Plan::Replay(record, body) => (Bytes::from(body), Some(record)),
         Plan::Refuse(msg) => {

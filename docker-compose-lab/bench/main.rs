@@ -5,7 +5,7 @@
 //! (`-o oncache.fastpath=false`), oncache fast path.
 //!
 //!     cargo bench -p oncache --bench lab -- [--lab compose|netns] [--rounds N] [--seconds S]
-//!                                           [--short] [--out DIR] [--only CONFIG]
+//!                                           [--short] [--out DIR] [--only CONFIG] [--poll-idle]
 //!
 //! `--lab compose` (the default) runs between node1 and node2 of the docker-compose lab (node
 //! containers on the machine's dockerd, see docker-compose-lab/README.md); `--lab netns` between
@@ -16,6 +16,11 @@
 //! that the fast path was taken in the fast configuration and nowhere else, so the figures mean
 //! what they say. `--short` (1 round of 1 s, no files unless --out is given) is what CI runs so
 //! this cannot rot.
+//!
+//! `--poll-idle` keeps the CPUs from sleeping while measuring (PM QoS: /dev/cpu_dma_latency
+//! held at 0, as tuned's latency profiles do) and writes `<lab>-poll-latest.*`. On a VM most
+//! of a ping-pong transaction is the idle vCPU's wake-up; without it, what is left is each
+//! configuration's own per-packet work, the overlay's included.
 
 #[path = "../../tests/lab/mod.rs"]
 #[allow(dead_code)]
@@ -72,13 +77,15 @@ pub struct Opts {
     out: Option<PathBuf>,
     /// Measure one configuration only (for profiling it); prints its figures, writes nothing.
     only: Option<String>,
+    /// Keep the CPUs out of idle sleep while measuring.
+    poll_idle: bool,
 }
 
-const USAGE: &str = "usage: cargo bench -p oncache --bench lab -- [--lab compose|netns] [--rounds N] [--seconds S] [--short] [--out DIR] [--only bare|bare-mtu|overlay|slow|fast]";
+const USAGE: &str = "usage: cargo bench -p oncache --bench lab -- [--lab compose|netns] [--rounds N] [--seconds S] [--short] [--out DIR] [--only bare|bare-mtu|overlay|slow|fast] [--poll-idle]";
 
 fn opts() -> Opts {
     let default_out = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../docker-compose-lab/results"));
-    let mut o = Opts { lab: LabKind::Compose, rounds: 3, seconds: 5, out: Some(default_out), only: None };
+    let mut o = Opts { lab: LabKind::Compose, rounds: 3, seconds: 5, out: Some(default_out), only: None, poll_idle: false };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     let bad = |what: &str| -> ! {
@@ -110,9 +117,10 @@ fn opts() -> Opts {
                 o.seconds = 1;
                 o.out = None;
             }
+            "--poll-idle" => o.poll_idle = true,
             "--bench" => {}
             "-h" | "--help" => {
-                println!("{USAGE}\n\nMeasures bare host (also at the overlay's MTU), Docker overlay, oncache slow path and oncache fast path between two hosts,\ninterleaved round by round; prints a markdown table and writes it with a chart to --out\n(default docker-compose-lab/results). --short: 1 round of 1 s, nothing written (CI).");
+                println!("{USAGE}\n\nMeasures bare host (also at the overlay's MTU), Docker overlay, oncache slow path and oncache fast path between two hosts,\ninterleaved round by round; prints a markdown table and writes it with a chart to --out\n(default docker-compose-lab/results). --short: 1 round of 1 s, nothing written (CI).\n--poll-idle: the CPUs kept out of idle sleep while measuring (/dev/cpu_dma_latency held at 0),\nso that a transaction's time is the configurations' own work and not a vCPU's wake-up; writes <lab>-poll-latest.*");
                 std::process::exit(0)
             }
             other => bad(&format!("unknown argument {other}")),
@@ -364,6 +372,19 @@ impl Drop for BpfStatsOff {
     }
 }
 
+/// Holds /dev/cpu_dma_latency at 0 for its lifetime: the kernel keeps every CPU out of idle
+/// states with an exit latency (it polls instead), until the file is closed.
+struct IdlePolling(#[allow(dead_code)] std::fs::File);
+
+impl IdlePolling {
+    fn new() -> IdlePolling {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open("/dev/cpu_dma_latency").expect("opening /dev/cpu_dma_latency (--poll-idle)");
+        f.write_all(&0i32.to_ne_bytes()).expect("setting cpu_dma_latency to 0");
+        IdlePolling(f)
+    }
+}
+
 fn main() {
     let o = opts();
     let mut tb: Box<dyn Testbed> = match o.lab {
@@ -382,6 +403,7 @@ fn main() {
     let all_ends: Vec<Ends> = CONFIGS.iter().map(|c| ends(tb_ref, *c)).collect();
     // Every program run is timed while bpf_stats is on (two clock reads each): off while measuring.
     let _stats_off = BpfStatsOff::new();
+    let _polling = o.poll_idle.then(IdlePolling::new);
     for round in 0..o.rounds {
         // Forward, then backward: a machine drifting through a round weighs on no configuration
         // more than on another.
@@ -417,10 +439,15 @@ fn main() {
         tb.finish();
         return;
     }
-    let table = report::table(&o, &tb.title(), &results, &hits);
+    let (title, stem) = if o.poll_idle {
+        (format!("{}, CPUs kept out of idle sleep (--poll-idle: cpu_dma_latency 0)", tb.title()), format!("{}-poll", o.lab.stem()))
+    } else {
+        (tb.title(), o.lab.stem().to_string())
+    };
+    let table = report::table(&o, &title, &results, &hits);
     println!("\n{table}");
     if let Some(dir) = &o.out {
-        report::write(dir, o.lab.stem(), &table, &results);
+        report::write(dir, &stem, &table, &results);
     }
     tb.finish();
     let fast = at(Config::Fast);

@@ -179,3 +179,50 @@ fn a_restarted_swarm_node_stays_a_peer() {
         assert_eq!(peers(), json!([]), "the node left");
     });
 }
+
+/// The address a link has now (`ip -j link show`).
+fn link_mac(name: &str) -> String {
+    let out = std::process::Command::new("ip").args(["-j", "link", "show", name]).output().unwrap();
+    assert!(out.status.success(), "ip link show {name}: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0]["address"].as_str().unwrap().to_string()
+}
+
+fn ip(args: &str) {
+    let out = std::process::Command::new("ip").args(args.split_whitespace()).output().unwrap();
+    assert!(out.status.success(), "ip {args}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A port with the lowest address there is joins the bridge and leaves it: the bridge keeps
+/// its address. A bridge takes its lowest port's address unless it has its own, so without it
+/// the gateway on the bridge would change MAC under the containers that cached the old one.
+fn assert_bridge_keeps_its_address(bridge: &str) {
+    let before = link_mac(bridge);
+    ip("link add ocdoc0 type veth peer name ocdoc1");
+    ip("link set ocdoc0 address 00:00:5e:00:53:01");
+    ip(&format!("link set ocdoc0 master {bridge} up"));
+    assert_eq!(link_mac(bridge), before, "{bridge} took its new port's address");
+    ip("link del ocdoc0");
+    assert_eq!(link_mac(bridge), before, "{bridge}'s address changed when a port left");
+}
+
+#[test]
+fn a_bridge_has_an_address_of_its_own_whoever_made_it() {
+    on_own_thread(|| {
+        let tb = Testbed::new().unwrap();
+        assert_eq!(tb.call("NetworkDriver.CreateNetwork", &create_network(703, "10.240.0.0/24")).0, 200);
+        assert_bridge_keeps_its_address("ocbr703");
+        // As an older oncache left it: a bridge that takes its ports' addresses, with the
+        // network's VXLAN device on it. The next start adopts it and keeps its address as is.
+        ip("link del ocbr703");
+        ip("link add ocbr703 type bridge");
+        ip("link set ocvx703 master ocbr703");
+        ip("link set ocbr703 up");
+        let lent = link_mac("ocbr703");
+        assert_eq!(lent, link_mac("ocvx703"), "the hand-made bridge did not take its port's address");
+        tb.rt.block_on(async { tb.plugin.driver.lock().await.reconcile().await }).unwrap();
+        assert_eq!(link_mac("ocbr703"), lent, "adopting the bridge changed its address");
+        assert_bridge_keeps_its_address("ocbr703");
+        assert!(tb.reset().unwrap().is_empty());
+    });
+}

@@ -585,7 +585,7 @@ impl Driver {
         }
         let mac = spec.mac.unwrap_or_else(|| match spec.ipv4.as_deref().map(|a| Cidr::parse(a).map(|c| c.addr)) {
             Some(Ok(IpAddr::V4(ip))) => naming::mac_for(ip),
-            _ => random_mac(),
+            _ => naming::random_mac(),
         });
         match self.store.endpoint(&spec.id)? {
             Some(e) if e.network_id == n.id => Ok(e),
@@ -1086,6 +1086,9 @@ impl Driver {
         }
         for n in &networks {
             self.dp.ensure_network(net_spec(n)).await.with_context(|| format!("restoring network {}", n.id))?;
+            if let Err(e) = self.dp.pin_bridge_address(n.vni).await {
+                log::warn!("network {}: {e:#}; its bridge's address follows its ports", n.id);
+            }
             self.ensure_gateway(n).await.with_context(|| format!("restoring network {}", n.id))?;
         }
         let mut endpoints = self.store.endpoints()?;
@@ -1174,20 +1177,6 @@ fn free_address(subnet: &Cidr, range: &Cidr, taken: &dyn Fn(Ipv4Addr) -> bool) -
         .filter(|a| subnet.prefix >= 31 || (*a != s_lo && *a != s_hi))
         .map(Ipv4Addr::from)
         .find(|a| !taken(*a))
-}
-
-/// A random locally administered unicast MAC, for endpoints without an IPv4 address.
-fn random_mac() -> [u8; 6] {
-    let mut m = [0u8; 6];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut m))
-        .is_err()
-    {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        m.copy_from_slice(&t.as_nanos().to_le_bytes()[..6]);
-    }
-    m[0] = (m[0] & 0xfe) | 0x02;
-    m
 }
 
 #[cfg(test)]

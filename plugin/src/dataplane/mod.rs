@@ -99,7 +99,7 @@ impl Dataplane {
         let bridge = match self.nl.link(&br).await? {
             Some(l) => l,
             None => {
-                self.nl.add_bridge(&br, n.mtu).await?;
+                self.nl.add_bridge(&br, n.mtu, naming::random_mac()).await?;
                 self.nl.link(&br).await?.ok_or_else(|| anyhow!("bridge {br} vanished after creation"))?
             }
         };
@@ -178,6 +178,20 @@ impl Dataplane {
 
     /// Creates the endpoint's veth pair on the network's bridge; returns the container-end name
     /// for dockerd to move. A pair left from an earlier attempt is replaced.
+    /// Makes the address a network's bridge has its own. A bridge whose address was never set
+    /// takes the lowest of its ports' and changes as ports come and go: when the container
+    /// whose veth lent it leaves, the gateway address on the bridge answers from a new MAC and
+    /// every other container's neighbour entry for it points nowhere (no gratuitous ARP by
+    /// default) until it expires; and each new port walks every port to recompute it. Bridges
+    /// are made with an address; one an older oncache made keeps the one it has now.
+    pub async fn pin_bridge_address(&self, vni: u32) -> Result<()> {
+        let br = naming::bridge(vni);
+        match self.nl.link(&br).await? {
+            Some(netlink::Link { index, mac: Some(mac), .. }) => self.nl.set_address(index, mac).await.with_context(|| format!("on bridge {br}")),
+            _ => Ok(()),
+        }
+    }
+
     pub async fn ensure_veth(&self, endpoint_id: &str, n: NetSpec, mac: [u8; 6]) -> Result<String> {
         let (host, peer) = (naming::veth_host(endpoint_id), naming::veth_peer(endpoint_id));
         let bridge = self

@@ -185,11 +185,12 @@ impl Netlink {
         }
     }
 
-    pub async fn add_bridge(&self, name: &str, mtu: u32) -> Result<()> {
+    pub async fn add_bridge(&self, name: &str, mtu: u32, mac: [u8; 6]) -> Result<()> {
         // Forward delay 0: ports must forward as soon as a container's veth is attached.
         // nf_call_iptables: bridged traffic crosses the host firewall and conntrack, which
         // judge the slow path and admit flows to the fast path, whatever the global sysctl.
-        let msg = LinkBridge::new(name).forward_delay(0).nf_call_iptables(true).mtu(mtu).up().build();
+        // An address of its own (see `Dataplane::pin_bridge_address`).
+        let msg = LinkBridge::new(name).forward_delay(0).nf_call_iptables(true).mtu(mtu).address(mac.to_vec()).up().build();
         self.handle.link().add(msg).execute().await.with_context(|| format!("creating bridge {name}"))
     }
 
@@ -240,6 +241,13 @@ impl Netlink {
         let set = LinkUnspec::new_with_index(p.index).mtu(mtu).address(peer_mac.to_vec()).up().build();
         self.handle.link().set(set).execute().await.with_context(|| format!("configuring {peer}"))?;
         Ok(self.link(host).await?.ok_or_else(|| anyhow!("veth {host} vanished after creation"))?.index)
+    }
+
+    /// Sets a link's address (the same one again makes it the link's own: see
+    /// `Dataplane::pin_bridge_address`).
+    pub async fn set_address(&self, index: u32, mac: [u8; 6]) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).address(mac.to_vec()).build();
+        self.handle.link().set(msg).execute().await.context("setting a link's address")
     }
 
     pub async fn set_up(&self, index: u32) -> Result<()> {

@@ -9,7 +9,7 @@
 //!
 //! A retry cannot say which call it repeats, and not every cut-off call was recorded: one
 //! whose request was still in the socket, or half read, when the daemon died comes back as a
-//! body-less retry too. So body-less retries of a method are gathered for [`GATHER`] (calls
+//! body-less retry too. So body-less retries of a method are gathered for `GATHER` (calls
 //! cut off together fail together, and dockerd's back-off brings their retries back together)
 //! and served only when they match the recorded calls one for one:
 //! - M answers `{}` (network create and delete, endpoint delete, Leave, discovery, external
@@ -31,7 +31,7 @@ use tokio::time::Instant;
 const RETRY_WINDOW_MS: u64 = 45_000;
 
 /// How long body-less retries of one method are gathered before any is served.
-pub const GATHER: Duration = Duration::from_secs(1);
+const GATHER: Duration = Duration::from_secs(1);
 
 /// Mutating calls whose answer is `{}`.
 const PLAIN: &[&str] = &[
@@ -57,7 +57,7 @@ pub struct Calls {
     gatherings: Mutex<HashMap<String, Arc<Gathering>>>,
 }
 
-/// Body-less retries of one method that arrived within [`GATHER`] of the first.
+/// Body-less retries of one method that arrived within `GATHER` of the first.
 struct Gathering {
     until: Instant,
     state: Mutex<GatheringState>,
@@ -104,7 +104,7 @@ impl Calls {
     }
 
     /// Decides how to serve `method` with `body`, recording it if it mutates. A body-less retry
-    /// waits up to [`GATHER`] for the retries cut off with it.
+    /// waits up to `GATHER` for the retries cut off with it.
     pub async fn plan(&self, method: &str, body: &[u8]) -> Plan {
         let plain = PLAIN.contains(&method);
         if !plain && !PARTICULAR.contains(&method) {
@@ -120,7 +120,7 @@ impl Calls {
                 }
             };
         }
-        if self.cut_off_calls(method).is_empty() {
+        if self.cut_off_calls(method, false).is_empty() {
             return Plan::Refuse(format!(
                 "{method}: empty request body (dockerd resends a call cut off by a plugin restart without its body, and no {method} was cut off)"
             ));
@@ -140,18 +140,23 @@ impl Calls {
         }
     }
 
-    /// Fresh cut-off calls of `method` not handed to a retry yet; stale ones are dropped.
-    fn cut_off_calls(&self, method: &str) -> Vec<(u64, Call)> {
+    /// Fresh cut-off calls of `method` not handed to a retry yet (stale ones are dropped);
+    /// `take` removes them from the cut-off set.
+    fn cut_off_calls(&self, method: &str, take: bool) -> Vec<(u64, Call)> {
         let now = now_ms();
-        let mut cut_off = self.cut_off.lock().unwrap_or_else(|p| p.into_inner());
-        cut_off.retain(|(id, c)| {
-            let fresh = now.saturating_sub(c.at_ms) < RETRY_WINDOW_MS;
-            if !fresh {
+        let mut mine = Vec::new();
+        self.cut_off.lock().unwrap_or_else(|p| p.into_inner()).retain(|(id, c)| {
+            if now.saturating_sub(c.at_ms) >= RETRY_WINDOW_MS {
                 let _ = self.store.end_call(*id);
+                return false;
             }
-            fresh
+            if c.method != method {
+                return true;
+            }
+            mine.push((*id, c.clone()));
+            !take
         });
-        cut_off.iter().filter(|(_, c)| c.method == method).cloned().collect()
+        mine
     }
 
     /// The open gathering of `method`'s retries (a new one if none is open), and this
@@ -159,22 +164,25 @@ impl Calls {
     fn join_gathering(&self, method: &str) -> (Arc<Gathering>, usize) {
         let now = Instant::now();
         let mut open = self.gatherings.lock().unwrap_or_else(|p| p.into_inner());
-        let g = open.entry(method.to_string()).or_insert_with(|| Arc::new(Gathering { until: now, state: Mutex::default() }));
-        if g.until <= now {
-            *g = Arc::new(Gathering { until: now + GATHER, state: Mutex::default() });
-        }
+        let g = match open.get(method) {
+            Some(g) if g.until > now => g.clone(),
+            _ => {
+                let g = Arc::new(Gathering { until: now + GATHER, state: Mutex::default() });
+                open.insert(method.to_string(), g.clone());
+                g
+            }
+        };
         let mut st = g.state.lock().unwrap_or_else(|p| p.into_inner());
         st.arrived += 1;
-        (g.clone(), st.arrived - 1)
+        let ticket = st.arrived - 1;
+        drop(st);
+        (g, ticket)
     }
 
     /// Matches `arrived` body-less retries of `method` with its cut-off calls. Either way the
     /// calls are taken: the retries of a refused gathering will not come again.
     fn decide(&self, method: &str, plain: bool, arrived: usize) -> Result<Vec<(u64, Call)>, String> {
-        let calls = self.cut_off_calls(method);
-        let mut cut_off = self.cut_off.lock().unwrap_or_else(|p| p.into_inner());
-        cut_off.retain(|(id, _)| !calls.iter().any(|(c, _)| c == id));
-        drop(cut_off);
+        let calls = self.cut_off_calls(method, true);
         let n = calls.len();
         if arrived == n && (plain || n == 1) {
             return Ok(calls);

@@ -176,8 +176,6 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Creates the endpoint's veth pair on the network's bridge; returns the container-end name
-    /// for dockerd to move. A pair left from an earlier attempt is replaced.
     /// Makes the address a network's bridge has its own. A bridge whose address was never set
     /// takes the lowest of its ports' and changes as ports come and go: when the container
     /// whose veth lent it leaves, the gateway address on the bridge answers from a new MAC and
@@ -192,6 +190,8 @@ impl Dataplane {
         }
     }
 
+    /// Creates the endpoint's veth pair on the network's bridge; returns the container-end name
+    /// for dockerd to move. A pair left from an earlier attempt is replaced.
     pub async fn ensure_veth(&self, endpoint_id: &str, n: NetSpec, mac: [u8; 6]) -> Result<String> {
         let (host, peer) = (naming::veth_host(endpoint_id), naming::veth_peer(endpoint_id));
         let bridge = self

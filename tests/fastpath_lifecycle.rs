@@ -35,6 +35,19 @@ fn fast_hits(h: &Host) -> u64 {
     counter(&s, "egress_fast", "hits") + counter(&s, "ingress_fast", "hits")
 }
 
+/// An endpoint veth's clsact is bound to the shared blocks, and each hook runs exactly one
+/// oncache filter: this daemon's program.
+fn assert_endpoint_programs(h: &Host, veth: &str) {
+    let q = h.sh(&format!("tc qdisc show dev {veth} clsact"));
+    assert!(q.contains("ingress_block") && q.contains("egress_block"), "{veth}'s clsact is not bound to the shared blocks: {q}");
+    for (hook, prog) in [("ingress", "oncache_egress_fast"), ("egress", "oncache_ingress_learn")] {
+        let f = h.sh(&format!("tc filter show dev {veth} {hook}"));
+        assert_eq!(f.matches("direct-action").count(), 1, "exactly one oncache filter on {veth} {hook}:\n{f}");
+        let id = prog_id(h, prog);
+        assert!(f.contains(&format!(" id {id} ")), "{veth} {hook} does not run this daemon's {prog} (id {id}):\n{f}");
+    }
+}
+
 fn prog_id(h: &Host, prog: &str) -> u64 {
     let out = h.sh(&format!("bpftool -j prog show pinned {}/progs/{prog}", h.bpf_dir.display()));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("bpftool: {out}"));
@@ -80,12 +93,10 @@ fn restart_keeps_fast_traffic_with_tcx() {
     assert_eq!(status(h0)["container_link"], "veth", "{}", status(h0));
     let links = h0.sh(&format!("ls {}/links", h0.bpf_dir.display()));
     assert_eq!(links.split_whitespace().collect::<Vec<_>>(), ["ul0:egress", "ul0:ingress"], "TCX links are the underlay's only");
-    // Endpoints: one cls_bpf filter per hook, replaced in place across the restarts.
+    // Endpoints: one cls_bpf filter per hook, in the shared blocks, replaced in place across
+    // the restarts by the new daemon's programs.
     let veth = h0.sh("ip -o link | grep -o 'ocve[0-9a-f]*' | head -1");
-    for hook in ["ingress", "egress"] {
-        let f = h0.sh(&format!("tc filter show dev {} {hook}", veth.trim()));
-        assert_eq!(f.matches("direct-action").count(), 1, "exactly one oncache filter on {} {hook} after restarts:\n{f}", veth.trim());
-    }
+    assert_endpoint_programs(h0, veth.trim());
     lab.finish();
 }
 
@@ -319,6 +330,53 @@ fn uninstall_leaves_nothing() {
 
 /// A container whose veth vanished while the daemon was down (no Leave reached oncache) leaves
 /// no delivery entry or flow behind once the daemon is back.
+/// Endpoints an older oncache attached with filters of their own (a clsact per veth) are
+/// bound to the shared blocks by a new daemon and stay on the fast path; blocks that went with
+/// their last endpoint get the programs again with the next one.
+#[test]
+fn endpoints_with_filters_of_their_own_move_to_the_shared_blocks() {
+    let mut lab = overlay(&[]);
+    let (pa, a) = (netns_of(lab.host(0).container_pid("ca")), lab.host(0).container_ip("ca", "ov"));
+    let pb = netns_of(lab.host(1).container_pid("cb"));
+    let _echo = Echo::start(&pa, 7103, "");
+    let client = udp_client(&pb, 0);
+    exchange(&client, a, 7103, 50, 200).unwrap();
+
+    // As oncache attached endpoints before: its two programs as filters of the veth's own.
+    lab.host_mut(0).stop_oncache();
+    let h0 = lab.host(0);
+    let veth = h0.sh("ip -o link | grep -o 'ocve[0-9a-f]*' | head -1").trim().to_string();
+    let progs = h0.bpf_dir.join("progs");
+    h0.sh(&format!(
+        "tc qdisc del dev {veth} clsact && tc qdisc add dev {veth} clsact && \
+         tc filter add dev {veth} ingress pref 20291 handle 0x4f43 bpf object-pinned {}/oncache_egress_fast da && \
+         tc filter add dev {veth} egress pref 20291 handle 0x4f43 bpf object-pinned {}/oncache_ingress_learn da",
+        progs.display(),
+        progs.display()
+    ));
+    assert!(!h0.sh(&format!("tc qdisc show dev {veth} clsact")).contains("ingress_block"));
+    let ip1 = lab.host(1).underlay_ip.to_string();
+    lab.host_mut(0).start_oncache(&["--peer", &ip1]);
+    let h0 = lab.host(0);
+    assert_endpoint_programs(h0, &veth);
+    let before = counter(&stats(h0), "egress_fast", "hits");
+    exchange(&client, a, 7103, 200, 200).unwrap();
+    assert!(counter(&stats(h0), "egress_fast", "hits") >= before + 150, "the rebound endpoint left the fast path: {}", stats(h0));
+
+    // The last endpoint goes, and its blocks with it; the next one fills them again.
+    h0.docker(&["rm", "-f", "ca"]);
+    h0.run(&["--name", "ca2", "--network", "ov", lab::IMAGE, "sleep", "1d"]);
+    let (pa2, a2) = (netns_of(h0.container_pid("ca2")), h0.container_ip("ca2", "ov"));
+    let veth2 = h0.sh("ip -o link | grep -o 'ocve[0-9a-f]*' | head -1").trim().to_string();
+    assert_endpoint_programs(h0, &veth2);
+    let _echo2 = Echo::start(&pa2, 7104, "");
+    exchange(&client, a2, 7104, 50, 200).unwrap();
+    let before = counter(&stats(h0), "egress_fast", "hits");
+    exchange(&client, a2, 7104, 200, 200).unwrap();
+    assert!(counter(&stats(h0), "egress_fast", "hits") >= before + 150, "a new endpoint after the blocks went is not on the fast path: {}", stats(h0));
+    lab.finish();
+}
+
 #[test]
 fn restart_purges_entries_of_vanished_endpoints() {
     let mut lab = overlay(&[]);

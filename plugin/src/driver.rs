@@ -303,7 +303,8 @@ impl Driver {
             };
             if let Some(at) = at {
                 let ip = ep.and_then(ipv4_of).map(|a| a.octets());
-                self.fast()?.detach_endpoint(&veth, at, vni.unwrap_or(0), ip)?;
+                let nl = self.dp.netlink().clone();
+                self.fast()?.detach_endpoint(&nl, at, vni.unwrap_or(0), ip).await?;
             }
         }
         self.dp.remove_veth(endpoint_id).await
@@ -841,7 +842,8 @@ impl Driver {
         let ifindex = self.dp.link_index(&veth).await?.ok_or_else(|| anyhow!("{veth} is missing"))?;
         let mac = naming::parse_mac(&ep.mac).map_err(|e| anyhow!(e))?;
         let info = oncache_common::EndpointInfo { vni: n.vni, ip: ip.octets(), mac, _pad: [0; 2], gen: 0 };
-        self.fast()?.attach_endpoint(&veth, ifindex, info)
+        let nl = self.dp.netlink().clone();
+        self.fast()?.attach_endpoint(&nl, ifindex, info).await
     }
 
     /// Docker's Leave.

@@ -6,6 +6,7 @@
 pub mod firewall;
 pub mod netlink;
 pub mod nftables;
+pub mod tc;
 pub mod underlay;
 
 use crate::naming::{self, Owned};
@@ -332,6 +333,11 @@ impl Dataplane {
 
     pub async fn link_index(&self, name: &str) -> Result<Option<u32>> {
         Ok(self.nl.link(name).await?.map(|l| l.index))
+    }
+
+    /// The netlink connection, for the fast path's tc requests.
+    pub fn netlink(&self) -> &Netlink {
+        &self.nl
     }
 
     /// The index of every interface in the namespace.

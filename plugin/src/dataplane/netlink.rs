@@ -68,7 +68,7 @@ pub struct Netlink {
     handle: Handle,
 }
 
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
+pub(super) fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
         _ => None,
@@ -417,7 +417,11 @@ impl Netlink {
         Ok(out)
     }
 
-    async fn ack(&self, req: NetlinkMessage<RouteNetlinkMessage>) -> Result<()> {
+    pub(super) fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    pub(super) async fn ack(&self, req: NetlinkMessage<RouteNetlinkMessage>) -> Result<()> {
         let mut handle = self.handle.clone();
         let mut resp = handle.request(req)?;
         use futures_util::StreamExt;

@@ -16,6 +16,9 @@ use aya::programs::tc::{qdisc_add_clsact, NlOptions, SchedClassifierLink, TcAtta
 use aya::programs::{Link, LinkOrder, SchedClassifier, TcAttachType, TcHandle};
 use aya::{Ebpf, EbpfLoader};
 use oncache_common as c;
+use crate::dataplane::netlink::Netlink;
+use crate::dataplane::tc::{BlockSlot, Blocks};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oncache.bpf.o"));
@@ -68,6 +71,18 @@ impl AttachMode {
 /// so a restart finds and replaces its own filter instead of stacking a second one.
 const CLSACT_PRIORITY: u16 = 0x4f43;
 const CLSACT_HANDLE: TcHandle = TcHandle::new(0, 0x4f43);
+
+/// The shared tc blocks (ingress hook, egress hook) every endpoint veth's clsact qdisc is
+/// bound to; each holds one oncache filter, in the clsact slot.
+const ENDPOINT_BLOCKS: Blocks = (0x4f43_0001, 0x4f43_0002);
+
+fn endpoint_slot(hook: Hook) -> BlockSlot {
+    let block = match hook {
+        Hook::Ingress => ENDPOINT_BLOCKS.0,
+        Hook::Egress => ENDPOINT_BLOCKS.1,
+    };
+    BlockSlot { block, priority: CLSACT_PRIORITY, handle: CLSACT_HANDLE.into() }
+}
 
 /// Where an endpoint's host veth is, as its fast-path entries are keyed.
 pub enum VethAt {
@@ -198,32 +213,42 @@ impl FastPath {
         Ok(())
     }
 
-    /// Takes oncache's filters off an endpoint's veth (which may be gone already). TCX links
-    /// an older oncache pinned for veths went at start ([`prune_links`](Self::prune_links)).
-    fn detach(&self, ifname: &str) {
-        for hook in [Hook::Ingress, Hook::Egress] {
-            detach_clsact(ifname, hook);
-        }
-    }
-
-    /// Puts the fast path on a joined endpoint's host-side veth: always as cls_bpf filters,
-    /// whatever the mode. The first TCX attachment to a device waits for an RCU grace period
-    /// (`tcx_entry_sync`: 14 ms per attachment measured on the 6.18 lab, two per endpoint, most
-    /// of a Join); a filter on the veth's new clsact qdisc does not, and is replaced in place
-    /// by its fixed priority and handle as a TCX link would be. The underlay keeps the mode.
-    pub fn attach_endpoint(&mut self, veth: &str, ifindex: u32, ep: c::EndpointInfo) -> Result<()> {
+    /// Puts the fast path on a joined endpoint's host-side veth: a clsact qdisc bound to the
+    /// two shared endpoint blocks, whatever the mode, then the programs in the blocks unless
+    /// they are there. Not TCX: the first TCX attachment to a device waits for an RCU grace
+    /// period (`tcx_entry_sync`: 14 ms per attachment measured on the 6.18 lab, two per
+    /// endpoint). Not a block of each veth's own: the kernel keeps every tc block bound on the
+    /// machine on one list (`flow_indr_dev_setup_offload`) and searches it for each new one,
+    /// so creating a veth's clsact grew from 81 to 378 µs over 1,000 endpoints; binding a
+    /// shared block finds it near the head. Replacing a block's program (a new daemon)
+    /// changes it for every endpoint at once, in place.
+    pub async fn attach_endpoint(&mut self, nl: &Netlink, ifindex: u32, ep: c::EndpointInfo) -> Result<()> {
         self.maps.set_endpoint(ifindex, ep)?;
-        self.attach_clsact(c::PROG_EGRESS_FAST, veth, Hook::Ingress)?;
-        self.attach_clsact(c::PROG_INGRESS_LEARN, veth, Hook::Egress)
+        if !nl.add_clsact_on_blocks(ifindex, ENDPOINT_BLOCKS).await? && nl.clsact_blocks(ifindex).await? != Some(ENDPOINT_BLOCKS) {
+            // Filters of its own (an older oncache's): rebound; until the programs are in the
+            // blocks again, the veth's packets take the slow path.
+            nl.del_clsact(ifindex).await?;
+            nl.add_clsact_on_blocks(ifindex, ENDPOINT_BLOCKS).await?;
+        }
+        for (prog, hook) in [(c::PROG_EGRESS_FAST, Hook::Ingress), (c::PROG_INGRESS_LEARN, Hook::Egress)] {
+            let slot = endpoint_slot(hook);
+            let p = classifier(&mut self.ebpf, prog)?;
+            let id = p.info().map_err(|e| anyhow!("{prog}: {e}"))?.id();
+            let fd = p.fd().map_err(|e| anyhow!("{prog}: {e}"))?.as_fd().as_raw_fd();
+            if nl.block_filter_program(slot).await? != Some(id) {
+                nl.set_block_filter(slot, fd as u32, prog).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Takes the fast path off an endpoint and forgets everything learned about it, and
     /// nothing of another endpoint that has its address now (a container restarted by a
     /// dockerd that lost its old endpoint joins with the same address before the old one goes).
-    pub fn detach_endpoint(&mut self, veth: &str, at: VethAt, vni: u32, ip: Option<[u8; 4]>) -> Result<()> {
-        self.detach(veth);
+    pub async fn detach_endpoint(&mut self, nl: &Netlink, at: VethAt, vni: u32, ip: Option<[u8; 4]>) -> Result<()> {
         match at {
             VethAt::Index(i) => {
+                nl.del_clsact(i).await?;
                 self.maps.remove_endpoint(i)?;
                 if let Some(ip) = ip {
                     self.maps.forget_local(vni, ip, i)?;

@@ -14,7 +14,8 @@
 //!    1000) created and joined on one network (each container end then moved into a namespace
 //!    of its own, as dockerd does), then left and deleted. p50/p99 of each call, and
 //!    Join's median per tenth of N: flat means no call does work in proportion to the endpoints
-//!    there are.
+//!    there are. Then Join's steps per tenth as the daemon timed them (its log): creating the
+//!    veth pair as a bridge port (the kernel's request), the fast path, the rest.
 //!
 //! Prints markdown and writes it to docker-compose-lab/results/control-latest.md. Asserts no
 //! speed. `--short` (3 runs, 50 endpoints, nothing written) is what the test command runs.
@@ -62,6 +63,23 @@ fn opts() -> Opts {
         }
     }
     o
+}
+
+/// [links, fast path, rest] of each Join of the bench's endpoints (IDs ending in `zeros`),
+/// from the daemon's "endpoint ID joined ... in T µs (links L µs, fast path F µs)".
+fn join_steps(log: &str, zeros: &str) -> Vec<[Duration; 3]> {
+    log.lines()
+        .filter_map(|l| {
+            let (id, rest) = l.split_once("endpoint ")?.1.split_once(' ')?;
+            if !id.ends_with(zeros) || !rest.starts_with("joined ") {
+                return None;
+            }
+            let nums: Vec<u64> = rest.split(" in ").nth(1)?.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
+            let [total, links, fast] = nums[..] else { return None };
+            let us = Duration::from_micros;
+            Some([us(links), us(fast), us(total.saturating_sub(links + fast))])
+        })
+        .collect()
 }
 
 /// The `q`-quantile of `v` (nearest rank), in ms.
@@ -180,6 +198,20 @@ fn main() {
     let tenth = o.endpoints.div_ceil(10);
     let by_tenth: Vec<String> = lat[1].chunks(tenth).map(|c| format!("{:.2}", quantile(c, 0.5))).collect();
     writeln!(md, "\nJoin's median (ms) per tenth of the endpoints, in the order they joined: {}", by_tenth.join(", ")).unwrap();
+    // The daemon's own account of each Join (its log): the kernel's request for the veth pair
+    // as a bridge port apart from the rest, which is oncache's.
+    let steps = join_steps(&std::fs::read_to_string(h.oncache_log_path()).unwrap_or_default(), &ep(0)[11..]);
+    if steps.len() == o.endpoints {
+        writeln!(md, "\nJoin's steps, median (ms) per tenth, as the daemon timed them:\n").unwrap();
+        writeln!(md, "| step | {} |\n|---|{}", (1..=10).map(|i| i.to_string()).collect::<Vec<_>>().join(" | "), "---|".repeat(10)).unwrap();
+        for (i, what) in ["the veth pair as a bridge port (links)", "the fast path", "the rest (store, gossip, lookups)"].iter().enumerate() {
+            let v: Vec<Duration> = steps.iter().map(|s| s[i]).collect();
+            let t: Vec<String> = v.chunks(tenth).map(|c| format!("{:.2}", quantile(c, 0.5))).collect();
+            writeln!(md, "| {what} | {} |", t.join(" | ")).unwrap();
+        }
+    } else {
+        writeln!(md, "\n(The daemon's log timed {} of the {} Joins: no step breakdown.)", steps.len(), o.endpoints).unwrap();
+    }
 
     print!("{md}");
     lab.finish();

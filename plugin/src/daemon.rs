@@ -40,8 +40,9 @@ pub struct Config {
     #[arg(long, alias = "announce-port", env = "ONCACHE_GOSSIP_PORT", default_value_t = cluster::DEFAULT_PORT)]
     pub gossip_port: u16,
     /// How to attach the fast path's programs to the underlay [default: tcx where the kernel
-    /// has it (6.6+), otherwise clsact]. Endpoint veths always get clsact filters: attaching
-    /// them costs no RCU grace period per container, as TCX would.
+    /// has it (6.6+), otherwise clsact]. Endpoint veths always get a clsact qdisc bound to two
+    /// tc blocks they all share, holding the programs: no RCU grace period per container, as
+    /// TCX would cost, and no search of the kernel's list of every bound block.
     #[arg(long, env = "ONCACHE_TC_ATTACH", value_enum)]
     pub tc_attach: Option<AttachMode>,
     /// The scope the driver declares to dockerd: `local` (each dockerd keeps its own network

@@ -417,20 +417,25 @@ impl Netlink {
         Ok(out)
     }
 
-    pub(super) fn handle(&self) -> Handle {
-        self.handle.clone()
-    }
-
-    pub(super) async fn ack(&self, req: NetlinkMessage<RouteNetlinkMessage>) -> Result<()> {
+    /// Sends one request (its flags set by the caller) and collects the kernel's answers; an
+    /// error answer fails it.
+    pub(super) async fn request(&self, req: NetlinkMessage<RouteNetlinkMessage>) -> Result<Vec<RouteNetlinkMessage>> {
         let mut handle = self.handle.clone();
         let mut resp = handle.request(req)?;
         use futures_util::StreamExt;
+        let mut out = Vec::new();
         while let Some(m) = resp.next().await {
-            if let NetlinkPayload::Error(e) = m.payload {
-                return Err(rtnetlink::Error::NetlinkError(e).into());
+            match m.payload {
+                NetlinkPayload::InnerMessage(i) => out.push(i),
+                NetlinkPayload::Error(e) if e.code.is_some() => return Err(rtnetlink::Error::NetlinkError(e).into()),
+                _ => {}
             }
         }
-        Ok(())
+        Ok(out)
+    }
+
+    pub(super) async fn ack(&self, req: NetlinkMessage<RouteNetlinkMessage>) -> Result<()> {
+        self.request(req).await.map(drop)
     }
 }
 

@@ -4,9 +4,8 @@
 //! the fast path's business.
 
 use super::netlink::{errno, Netlink};
-use anyhow::{anyhow, Result};
-use futures_util::StreamExt;
-use rtnetlink::packet_core::{DefaultNla, Nla, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST};
+use anyhow::Result;
+use rtnetlink::packet_core::{DefaultNla, Nla, NetlinkMessage, NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST};
 use rtnetlink::packet_route::tc::{TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcHeader, TcMessage, TcOption};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 
@@ -17,7 +16,7 @@ const TCA_EGRESS_BLOCK: u16 = 14;
 /// `ETH_P_ALL`, in network order as tcm_info carries it.
 const ALL_PROTOCOLS: u16 = 0x0003u16.to_be();
 
-/// A hook's shared blocks: (ingress, egress) block indexes.
+/// The blocks a clsact qdisc's two hooks are bound to: (ingress, egress) block indexes.
 pub type Blocks = (u32, u32);
 
 /// A cls_bpf filter slot in a shared block.
@@ -142,18 +141,8 @@ impl Netlink {
 
     /// One request and its answer (no dump). The kernel answers a qdisc request only to its
     /// multicast group, save to a requester asking for the echo.
-    async fn get(&self, req: NetlinkMessage<RouteNetlinkMessage>) -> Result<Vec<RouteNetlinkMessage>> {
-        let mut req = req;
+    async fn get(&self, mut req: NetlinkMessage<RouteNetlinkMessage>) -> Result<Vec<RouteNetlinkMessage>> {
         req.header.flags = NLM_F_REQUEST | NLM_F_ECHO | NLM_F_ACK;
-        let mut resp = self.handle().request(req)?;
-        let mut out = Vec::new();
-        while let Some(m) = resp.next().await {
-            match m.payload {
-                NetlinkPayload::InnerMessage(i) => out.push(i),
-                NetlinkPayload::Error(e) if e.code.is_some() => return Err(anyhow!(rtnetlink::Error::NetlinkError(e))),
-                _ => {}
-            }
-        }
-        Ok(out)
+        self.request(req).await
     }
 }

@@ -96,7 +96,13 @@ pub struct FastPath {
     pub maps: Maps,
     dir: PathBuf,
     pub mode: AttachMode,
+    /// The kernel's IDs of the programs loaded for endpoint hooks, to tell whether a shared
+    /// block already holds them.
+    endpoint_prog_ids: [u32; 2],
 }
+
+/// The programs of an endpoint veth's hooks, in `endpoint_prog_ids` order.
+const ENDPOINT_PROGRAMS: [(&str, Hook); 2] = [(c::PROG_EGRESS_FAST, Hook::Ingress), (c::PROG_INGRESS_LEARN, Hook::Egress)];
 
 /// Where the maps are pinned under the bpf dir; renamed whenever a map's key or value layout
 /// changes, so that a new daemon never loads against maps of an older layout (their programs
@@ -130,7 +136,11 @@ impl FastPath {
         }
         let mut maps = Maps::take(&mut ebpf)?;
         maps.set_config(cfg)?;
-        let mut fp = FastPath { ebpf, maps, dir: dir.to_path_buf(), mode };
+        let mut endpoint_prog_ids = [0; 2];
+        for (id, (name, _)) in endpoint_prog_ids.iter_mut().zip(ENDPOINT_PROGRAMS) {
+            *id = classifier(&mut ebpf, name)?.info().map_err(|e| anyhow!("{name}: {e}"))?.id();
+        }
+        let mut fp = FastPath { ebpf, maps, dir: dir.to_path_buf(), mode, endpoint_prog_ids };
         fp.attach(c::PROG_INGRESS_FAST, underlay, Hook::Ingress)?;
         fp.attach(c::PROG_EGRESS_LEARN, underlay, Hook::Egress)?;
         for old in std::fs::read_dir(dir)?.flatten() {
@@ -230,12 +240,10 @@ impl FastPath {
             nl.del_clsact(ifindex).await?;
             nl.add_clsact_on_blocks(ifindex, ENDPOINT_BLOCKS).await?;
         }
-        for (prog, hook) in [(c::PROG_EGRESS_FAST, Hook::Ingress), (c::PROG_INGRESS_LEARN, Hook::Egress)] {
+        for ((prog, hook), id) in ENDPOINT_PROGRAMS.into_iter().zip(self.endpoint_prog_ids) {
             let slot = endpoint_slot(hook);
-            let p = classifier(&mut self.ebpf, prog)?;
-            let id = p.info().map_err(|e| anyhow!("{prog}: {e}"))?.id();
-            let fd = p.fd().map_err(|e| anyhow!("{prog}: {e}"))?.as_fd().as_raw_fd();
             if nl.block_filter_program(slot).await? != Some(id) {
+                let fd = classifier(&mut self.ebpf, prog)?.fd().map_err(|e| anyhow!("{prog}: {e}"))?.as_fd().as_raw_fd();
                 nl.set_block_filter(slot, fd as u32, prog).await?;
             }
         }

@@ -57,6 +57,27 @@ fn task_container(h: &Host, svc: &str) -> String {
     })
 }
 
+/// `docker run -d` of a container on a Swarm network. Right after a leader change a node's
+/// agent may still be opening its session with the new leader's dispatcher, and dockerd gives
+/// up waiting for the network attachment after 20 s ("attaching to network failed ... context
+/// deadline exceeded"); a user runs the container again, and so does this, once per attempt
+/// saying why. Any other failure, or one lasting past [`SWARM_TIMEOUT`], fails the test.
+fn run_on_swarm_network(h: &Host, name: &str, args: &[&str]) {
+    let mut a = vec!["run", "-d", "--pull=never", "--name", name];
+    a.extend_from_slice(args);
+    let started = std::time::Instant::now();
+    loop {
+        match h.try_docker(&a) {
+            Ok(_) => return,
+            Err(e) if e.contains("attaching to network failed") && started.elapsed() < SWARM_TIMEOUT => {
+                eprintln!("{}: {name}: Swarm did not deliver the attachment in time, running it again: {e}", h.name);
+                h.docker(&["rm", "-f", name]);
+            }
+            Err(e) => panic!("{}: {e}\n--- dockerd log (end) ---\n{}", h.name, lab::process::tail_file(&h.dockerd_log_path(), 60)),
+        }
+    }
+}
+
 #[test]
 fn swarm_drives_oncache_end_to_end() {
     let mut lab = Lab::new(3);
@@ -245,8 +266,8 @@ fn swarm_drives_oncache_end_to_end() {
     assert_eq!(vni_of(h1, "ov"), vni, "the new leader kept ov's VNI");
     assert_ne!(vni2, vni, "two Swarm networks share VNI {vni}");
     // ... and the new network carries traffic between the two remaining nodes.
-    h0.run(&["--name", "a2", "--network", "ov2", "--init", IMAGE, "sleep", "1d"]);
-    h1.run(&["--name", "b2", "--network", "ov2", "--init", IMAGE, "sleep", "1d"]);
+    run_on_swarm_network(h0, "a2", &["--network", "ov2", "--init", IMAGE, "sleep", "1d"]);
+    run_on_swarm_network(h1, "b2", &["--network", "ov2", "--init", IMAGE, "sleep", "1d"]);
     let a2 = h0.container_ip("a2", "ov2").to_string();
     lab::wait_for("b2 to reach a2 over ov2", Duration::from_secs(20), || h1.try_docker_exec("b2", &["ping", "-c", "1", "-W", "1", &a2]).ok());
     let st: Value = cli_json(h1, &ids[1], "status");

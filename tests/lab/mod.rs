@@ -1062,7 +1062,7 @@ exec {dockerd}
         }
         c.arg(&spec.program)
             .args(&spec.args)
-            .env("RUST_LOG", std::env::var("ONCACHE_LAB_RUST_LOG").unwrap_or_else(|_| "debug".into()))
+            .env("RUST_LOG", rust_log())
             .env("RUST_BACKTRACE", "1")
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -1349,4 +1349,10 @@ impl Drop for Bg {
 /// Format an [`Output`] for messages.
 pub fn describe_output(out: &Output) -> String {
     fmt_output(out)
+}
+
+/// The log filter of the lab's daemons: `ONCACHE_LAB_RUST_LOG`, or debug without the store's
+/// page-cache chatter (sled logs every disk write at debug).
+pub fn rust_log() -> String {
+    std::env::var("ONCACHE_LAB_RUST_LOG").unwrap_or_else(|_| "debug,sled=info".into())
 }

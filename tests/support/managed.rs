@@ -25,10 +25,10 @@ fn checkout() -> PathBuf {
 }
 
 /// The settings a lab host's plugin needs: its underlay, its own pin folder and state folder,
-/// and the log level of the lab's daemons (`ONCACHE_LAB_RUST_LOG`, default debug).
+/// and the log level of the lab's daemons ([`lab::rust_log`]).
 pub fn lab_settings(h: &Host, scope: &str) -> Vec<String> {
     vec![
-        format!("RUST_LOG={}", std::env::var("ONCACHE_LAB_RUST_LOG").unwrap_or_else(|_| "debug".into())),
+        format!("RUST_LOG={}", lab::rust_log()),
         format!("ONCACHE_SCOPE={scope}"),
         format!("ONCACHE_UNDERLAY={}", lab::UNDERLAY_IF),
         format!("ONCACHE_BPF_DIR={}", h.bpf_dir.display()),

@@ -252,13 +252,19 @@ struct PeersOnly {
 impl Transport for PeersOnly {
     async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
         let inner = UdpTransport.open(listen_addr).await?;
-        Ok(Box::new(PeersOnlySocket { inner, allowed: self.allowed.clone() }))
+        Ok(Box::new(PeersOnlySocket { inner, allowed: self.allowed.clone(), dropped: HashMap::new() }))
     }
 }
+
+/// A dropped sender is logged once in this long: a host that left keeps gossiping to its old
+/// peers, and a line per datagram would bury the rest of the log.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(60);
 
 struct PeersOnlySocket {
     inner: Box<dyn Socket>,
     allowed: Allowed,
+    /// When a datagram from each dropped sender was last logged, and how many came since.
+    dropped: HashMap<IpAddr, (Option<Instant>, u64)>,
 }
 
 impl PeersOnlySocket {
@@ -286,7 +292,15 @@ impl Socket for PeersOnlySocket {
             if self.allowed(&r.from_addr) {
                 return Ok(r);
             }
-            log::debug!("gossip: dropped a datagram from {}, not a peer", r.from_addr);
+            if self.dropped.len() >= 1024 {
+                self.dropped.clear(); // many senders: forget them rather than grow
+            }
+            let (logged, since) = self.dropped.entry(r.from_addr.ip()).or_insert((None, 0));
+            *since += 1;
+            if logged.is_none_or(|t| t.elapsed() >= DROP_LOG_EVERY) {
+                log::debug!("gossip: dropped {since} datagram(s) from {}, not a peer (logged once a minute)", r.from_addr);
+                (*logged, *since) = (Some(Instant::now()), 0);
+            }
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Multi-host benchmark: two Docker hosts, each with its own dockerd and oncache daemon, in one
 //! Swarm, measured in one run with the configurations interleaved round by round: bare host to
 //! host, bare host to host at the overlay's MTU (a route MTU: what the overlay's 50 bytes cost
-//! TCP by themselves), Docker's overlay (attachable swarm overlay), oncache slow path
+//! TCP by themselves), bare host to host from containers on the host network (what running in a
+//! container costs by itself: Docker's seccomp filter on every system call, the cgroups), Docker's overlay (attachable swarm overlay), oncache slow path
 //! (`-o oncache.fastpath=false`), oncache fast path.
 //!
 //!     cargo bench -p oncache --bench lab -- [--lab compose|netns] [--rounds N] [--seconds S]
@@ -81,7 +82,7 @@ pub struct Opts {
     poll_idle: bool,
 }
 
-const USAGE: &str = "usage: cargo bench -p oncache --bench lab -- [--lab compose|netns] [--rounds N] [--seconds S] [--short] [--out DIR] [--only bare|bare-mtu|overlay|slow|fast] [--poll-idle]";
+const USAGE: &str = "usage: cargo bench -p oncache --bench lab -- [--lab compose|netns] [--rounds N] [--seconds S] [--short] [--out DIR] [--only bare|bare-mtu|bare-ctr|overlay|slow|fast] [--poll-idle]";
 
 fn opts() -> Opts {
     let default_out = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../docker-compose-lab/results"));
@@ -120,7 +121,7 @@ fn opts() -> Opts {
             "--poll-idle" => o.poll_idle = true,
             "--bench" => {}
             "-h" | "--help" => {
-                println!("{USAGE}\n\nMeasures bare host (also at the overlay's MTU), Docker overlay, oncache slow path and oncache fast path between two hosts,\ninterleaved round by round; prints a markdown table and writes it with a chart to --out\n(default docker-compose-lab/results). --short: 1 round of 1 s, nothing written (CI).\n--poll-idle: the CPUs kept out of idle sleep while measuring (/dev/cpu_dma_latency held at 0),\nso that a transaction's time is the configurations' own work and not a vCPU's wake-up; writes <lab>-poll-latest.*");
+                println!("{USAGE}\n\nMeasures bare host (also at the overlay's MTU, and from containers on the host network), Docker overlay, oncache slow path and oncache fast path between two hosts,\ninterleaved round by round; prints a markdown table and writes it with a chart to --out\n(default docker-compose-lab/results). --short: 1 round of 1 s, nothing written (CI).\n--poll-idle: the CPUs kept out of idle sleep while measuring (/dev/cpu_dma_latency held at 0),\nso that a transaction's time is the configurations' own work and not a vCPU's wake-up; writes <lab>-poll-latest.*");
                 std::process::exit(0)
             }
             other => bad(&format!("unknown argument {other}")),
@@ -134,12 +135,16 @@ pub enum Config {
     Bare,
     /// Bare host to host, the client's route to the server limited to the containers' MTU.
     BareMtu,
+    /// Bare host to host, both ends in containers on the host network (`--network host`): the
+    /// same container runtime as the overlays' ends, so that their ratio to it is the network's
+    /// alone.
+    BareCtr,
     Overlay,
     Slow,
     Fast,
 }
 
-pub const CONFIGS: [Config; 5] = [Config::Bare, Config::BareMtu, Config::Overlay, Config::Slow, Config::Fast];
+pub const CONFIGS: [Config; 6] = [Config::Bare, Config::BareMtu, Config::BareCtr, Config::Overlay, Config::Slow, Config::Fast];
 
 /// Where C's results are (its place in CONFIGS).
 pub fn at(c: Config) -> usize {
@@ -151,6 +156,7 @@ impl Config {
         match self {
             Config::Bare => "bare",
             Config::BareMtu => "bare-mtu",
+            Config::BareCtr => "bare-ctr",
             Config::Overlay => "overlay",
             Config::Slow => "slow",
             Config::Fast => "fast",
@@ -160,15 +166,26 @@ impl Config {
         match self {
             Config::Bare => "bare host",
             Config::BareMtu => "bare host, overlay MTU",
+            Config::BareCtr => "bare host, in containers",
             Config::Overlay => "Docker overlay",
             Config::Slow => "oncache slow path",
             Config::Fast => "oncache fast path",
+        }
+    }
+    /// What is added to the servers' ports: containers on the host network share the host's
+    /// ports with the bare host's own servers.
+    fn port_offset(self) -> u16 {
+        if self == Config::BareCtr {
+            10
+        } else {
+            0
         }
     }
     /// Server and client containers (None: the hosts themselves), and their network.
     fn containers(self) -> Option<(&'static str, &'static str, &'static str)> {
         match self {
             Config::Bare | Config::BareMtu => None,
+            Config::BareCtr => Some(("bench-hs", "bench-hc", "host")),
             Config::Overlay => Some(("bench-os", "bench-oc", "bench-ov")),
             Config::Slow => Some(("bench-ss", "bench-sc", "bench-slow")),
             Config::Fast => Some(("bench-fs", "bench-fc", "bench-fast")),
@@ -203,6 +220,8 @@ pub const METRICS: [(&str, &str); 15] = [
 struct Ends {
     client: Option<&'static str>,
     server_ip: String,
+    /// Added to the servers' ports ([`PORTS`]).
+    port_offset: u16,
 }
 
 /// Runs CMD on the client node, in the client container if there is one.
@@ -237,7 +256,8 @@ fn cpu_now(tb: &dyn Testbed) -> [f64; 3] {
 }
 
 fn iperf(tb: &dyn Testbed, e: &Ends, secs: u32, streams: u32) -> f64 {
-    let out = client_exec(tb, e, &["iperf3", "-c", &e.server_ip, "-t", &secs.to_string(), "-P", &streams.to_string(), "-J"]);
+    let port = (PORTS[0] + e.port_offset).to_string();
+    let out = client_exec(tb, e, &["iperf3", "-c", &e.server_ip, "-p", &port, "-t", &secs.to_string(), "-P", &streams.to_string(), "-J"]);
     let v: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("iperf3: {out}"));
     v["end"]["sum_received"]["bits_per_second"].as_f64().expect("iperf3 result") / 1e9
 }
@@ -245,9 +265,9 @@ fn iperf(tb: &dyn Testbed, e: &Ends, secs: u32, streams: u32) -> f64 {
 /// sockperf ping-pong: transactions/s, p50 µs, p99 µs, then CPU µs per transaction of the
 /// machine, the server node and the client node.
 fn sockperf(tb: &dyn Testbed, e: &Ends, secs: u32, tcp: bool) -> [f64; 6] {
-    let port = if tcp { "11112" } else { "11111" };
+    let port = (PORTS[if tcp { 2 } else { 1 }] + e.port_offset).to_string();
     let s = secs.to_string();
-    let mut cmd = vec!["sockperf", "ping-pong", "-i", &e.server_ip, "-p", port, "-t", &s];
+    let mut cmd = vec!["sockperf", "ping-pong", "-i", &e.server_ip, "-p", &port, "-t", &s];
     if tcp {
         cmd.push("--tcp");
     }
@@ -283,11 +303,14 @@ fn prepare(tb: &mut dyn Testbed) {
             tb.docker(1, &["run", "-d", "--pull=never", "--name", client, "--network", net, IMAGE, "sleep", "1d"]);
         }
     }
-    for s in SERVERS {
-        tb.host_serve(0, s);
-        for (server, _, _) in CONFIGS.iter().filter_map(|c| c.containers()) {
+    for s in servers(0) {
+        tb.host_serve(0, &s.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    for c in CONFIGS {
+        let Some((server, _, _)) = c.containers() else { continue };
+        for s in servers(c.port_offset()) {
             let mut cmd = vec!["exec", "-d", server];
-            cmd.extend_from_slice(s);
+            cmd.extend(s.iter().map(String::as_str));
             tb.docker(0, &cmd);
         }
     }
@@ -331,22 +354,31 @@ fn limit_route_mtu(tb: &dyn Testbed, server_dev: &str) {
 
 fn ends(tb: &dyn Testbed, c: Config) -> Ends {
     match (c, c.containers()) {
-        (Config::BareMtu, _) => Ends { client: None, server_ip: BARE_MTU_IP.to_string() },
-        (_, None) => Ends { client: None, server_ip: tb.underlay_ip(0) },
+        (Config::BareMtu, _) => Ends { client: None, server_ip: BARE_MTU_IP.to_string(), port_offset: 0 },
+        (_, None) => Ends { client: None, server_ip: tb.underlay_ip(0), port_offset: 0 },
+        (Config::BareCtr, Some((_, client, _))) => Ends { client: Some(client), server_ip: tb.underlay_ip(0), port_offset: c.port_offset() },
         (_, Some((server, client, net))) => {
             let f = format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}");
             let ip = tb.docker(0, &["inspect", "-f", &f, server]).trim().to_string();
             assert!(!ip.is_empty(), "{server} has no address on {net}");
-            Ends { client: Some(client), server_ip: ip }
+            Ends { client: Some(client), server_ip: ip, port_offset: 0 }
         }
     }
 }
 
-const SERVERS: [&[&str]; 3] = [
-    &["iperf3", "-s"],
-    &["sockperf", "server", "-i", "0.0.0.0", "-p", "11111"],
-    &["sockperf", "server", "-i", "0.0.0.0", "-p", "11112", "--tcp"],
-];
+/// The servers' ports: iperf3, sockperf over UDP, sockperf over TCP.
+const PORTS: [u16; 3] = [5201, 11111, 11112];
+
+/// The servers, on [`PORTS`] plus `offset`.
+fn servers(offset: u16) -> [Vec<String>; 3] {
+    let [iperf, udp, tcp] = PORTS.map(|p| (p + offset).to_string());
+    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    [
+        v(&["iperf3", "-s", "-p", &iperf]),
+        v(&["sockperf", "server", "-i", "0.0.0.0", "-p", &udp]),
+        v(&["sockperf", "server", "-i", "0.0.0.0", "-p", &tcp, "--tcp"]),
+    ]
+}
 
 /// Turns `kernel.bpf_stats_enabled` off for its lifetime, if it was on.
 struct BpfStatsOff(bool);

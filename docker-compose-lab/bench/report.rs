@@ -31,9 +31,9 @@ pub fn table(o: &Opts, testbed: &str, results: &[Vec<Vec<f64>>], hits: &[u64]) -
     for c in CONFIGS {
         write!(t, " {} |", c.name()).unwrap();
     }
-    writeln!(t, " fast/bare | fast/bare per round | fast/bare at overlay MTU | fast/overlay | fast/slow |").unwrap();
-    writeln!(t, "|---|{}", "---|".repeat(CONFIGS.len() + 5)).unwrap();
-    let [bare, bare_mtu, overlay, slow, fast] = [Config::Bare, Config::BareMtu, Config::Overlay, Config::Slow, Config::Fast].map(at);
+    writeln!(t, " fast/bare | fast/bare per round | fast/bare at overlay MTU | fast/bare in containers | fast/bare in containers per round | fast/overlay | fast/slow |").unwrap();
+    writeln!(t, "|---|{}", "---|".repeat(CONFIGS.len() + 7)).unwrap();
+    let [bare, bare_mtu, bare_ctr, overlay, slow, fast] = [Config::Bare, Config::BareMtu, Config::BareCtr, Config::Overlay, Config::Slow, Config::Fast].map(at);
     for mi in measured(results) {
         let (name, unit) = METRICS[mi];
         let cells: Vec<_> = (0..CONFIGS.len()).map(|ci| median(&results[ci][mi])).collect();
@@ -42,12 +42,26 @@ pub fn table(o: &Opts, testbed: &str, results: &[Vec<Vec<f64>>], hits: &[u64]) -
             write!(t, " {m:.2} ({lo:.2}–{hi:.2}) |").unwrap();
         }
         let f = cells[fast].0;
-        let paired: Vec<f64> = results[fast][mi].iter().zip(&results[bare][mi]).map(|(f, b)| f / b).collect();
-        let (pm, plo, phi) = median(&paired);
+        let per_round = |ci: usize| {
+            let paired: Vec<f64> = results[fast][mi].iter().zip(&results[ci][mi]).map(|(f, b)| f / b).collect();
+            let (m, lo, hi) = median(&paired);
+            format!("{m:.2} ({lo:.2}–{hi:.2})")
+        };
         let over = |ci: usize| f / cells[ci].0;
-        writeln!(t, " {:.2} | {pm:.2} ({plo:.2}–{phi:.2}) | {:.2} | {:.2} | {:.2} |", over(bare), over(bare_mtu), over(overlay), over(slow)).unwrap();
+        writeln!(
+            t,
+            " {:.2} | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} |",
+            over(bare),
+            per_round(bare),
+            over(bare_mtu),
+            over(bare_ctr),
+            per_round(bare_ctr),
+            over(overlay),
+            over(slow)
+        )
+        .unwrap();
     }
-    writeln!(t, "\nMedians (min–max). Ratios: fast path over the other configuration (above 1 is more for rates, slower for latency and CPU); \"per round\": the median (min–max) of each round's own fast/bare ratio, which a machine whose speed drifts between rounds disturbs less; \"at overlay MTU\": over the bare host whose route to the server has the containers' MTU, so that the ratio leaves out what the overlay's 50 bytes per packet cost TCP by themselves. Configurations run in reverse order every other round.").unwrap();
+    writeln!(t, "\nMedians (min–max). Ratios: fast path over the other configuration (above 1 is more for rates, slower for latency and CPU); \"per round\": the median (min–max) of each round's own fast/bare ratio, which a machine whose speed drifts between rounds disturbs less; \"at overlay MTU\": over the bare host whose route to the server has the containers' MTU, so that the ratio leaves out what the overlay's 50 bytes per packet cost TCP by themselves; \"in containers\": over the bare host with both ends in containers on the host network, so that the ratio leaves out what being in a container costs by itself (Docker's seccomp filter on every system call, the cgroups). Configurations run in reverse order every other round.").unwrap();
     writeln!(t, "CPU per transaction: busy CPU time over the sockperf run divided by its transactions; \"machine\" is the whole machine's (both hosts share its CPUs; CPUs x elapsed time - idle time), a node's is its cgroup's CPU time (softirq work is charged to whatever task it interrupted, so the split between nodes is approximate).").unwrap();
     writeln!(t, "Fast-path hits during each configuration: {}", CONFIGS.iter().zip(hits).map(|(c, h)| format!("{} {h}", c.name())).collect::<Vec<_>>().join(", ")).unwrap();
     t
@@ -72,7 +86,7 @@ fn chart(heading: &str, results: &[Vec<Vec<f64>>]) -> String {
     let rows: Vec<usize> = measured(results).collect();
     let (w, row, left) = (960.0, 34.0, 320.0);
     let h = 80.0 + row * rows.len() as f64 + 40.0;
-    let colors = ["#888888", "#c8c8c8", "#d9822b", "#4a90d9", "#2ca02c"];
+    let colors = ["#888888", "#c8c8c8", "#8c6bb1", "#d9822b", "#4a90d9", "#2ca02c"];
     let bar = row / (colors.len() + 1) as f64;
     let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'><rect width='100%' height='100%' fill='white'/>");
     let heading = heading.replace('&', "&amp;").replace('<', "&lt;");
@@ -90,9 +104,11 @@ fn chart(heading: &str, results: &[Vec<Vec<f64>>]) -> String {
             write!(s, "<rect x='{left}' y='{}' width='{:.1}' height='{:.1}' fill='{color}'/>", y + ci as f64 * bar, r * scale, bar - 1.0).unwrap();
         }
     }
-    for (ci, (c, color)) in CONFIGS.iter().zip(colors).enumerate() {
-        let x = 10.0 + ci as f64 * 185.0;
+    // The legend in one row, each entry as wide as its name (about 6.5 px a character at 12 px).
+    let mut x = 10.0;
+    for (c, color) in CONFIGS.iter().zip(colors) {
         write!(s, "<rect x='{x}' y='{}' width='12' height='12' fill='{color}'/><text x='{}' y='{}'>{}</text>", h - 25.0, x + 16.0, h - 14.0, c.name()).unwrap();
+        x += 16.0 + 6.5 * c.name().len() as f64 + 14.0;
     }
     s.push_str("</svg>");
     s

@@ -16,6 +16,7 @@
 //!   connectivity): as many retries as recorded calls; each retry is served one of them;
 //! - M's answer is particular to its call (CreateEndpoint, Join, AllocateNetwork): one retry
 //!   and one recorded call.
+//!
 //! Anything else is refused, every retry of the gathering: handing one container's interface
 //! to another is worse than a refused start (dockerd then undoes that start with calls of its
 //! own, which carry their bodies).

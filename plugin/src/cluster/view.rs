@@ -80,8 +80,12 @@ pub fn remotes<'a>(
     best.into_iter().map(|(k, (_, r))| (k, r)).collect()
 }
 
-/// What changes from `applied` to `want`: entries to add or replace, and keys to remove.
-pub fn diff(applied: &BTreeMap<Key, Remote>, want: &BTreeMap<Key, Remote>) -> (Vec<(Key, Remote)>, Vec<(Key, Remote)>) {
+/// Remote endpoints with their keys, in key order.
+pub type Entries = Vec<(Key, Remote)>;
+
+/// What changes from `applied` to `want`: entries to add or replace, and the entries to remove
+/// (as programmed, so that their kernel state can be found).
+pub fn diff(applied: &BTreeMap<Key, Remote>, want: &BTreeMap<Key, Remote>) -> (Entries, Entries) {
     let add = want.iter().filter(|(k, r)| applied.get(k) != Some(r)).map(|(k, r)| (*k, *r)).collect();
     let remove = applied.iter().filter(|(k, r)| want.get(k) != Some(r)).map(|(k, r)| (*k, *r)).collect();
     (add, remove)

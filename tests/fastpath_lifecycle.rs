@@ -328,8 +328,6 @@ fn uninstall_leaves_nothing() {
     lab.finish();
 }
 
-/// A container whose veth vanished while the daemon was down (no Leave reached oncache) leaves
-/// no delivery entry or flow behind once the daemon is back.
 /// Endpoints an older oncache attached with filters of their own (a clsact per veth) are
 /// bound to the shared blocks by a new daemon and stay on the fast path; blocks that went with
 /// their last endpoint get the programs again with the next one.
@@ -377,6 +375,8 @@ fn endpoints_with_filters_of_their_own_move_to_the_shared_blocks() {
     lab.finish();
 }
 
+/// A container whose veth vanished while the daemon was down (no Leave reached oncache) leaves
+/// no delivery entry or flow behind once the daemon is back.
 #[test]
 fn restart_purges_entries_of_vanished_endpoints() {
     let mut lab = overlay(&[]);

@@ -2,8 +2,9 @@
 //! Swarm, measured in one run with the configurations interleaved round by round: bare host to
 //! host, bare host to host at the overlay's MTU (a route MTU: what the overlay's 50 bytes cost
 //! TCP by themselves), bare host to host from containers on the host network (what running in a
-//! container costs by itself: Docker's seccomp filter on every system call, the cgroups), Docker's overlay (attachable swarm overlay), oncache slow path
-//! (`-o oncache.fastpath=false`), oncache fast path.
+//! container costs by itself: Docker's seccomp filter on every system call, the cgroups),
+//! Docker's overlay (attachable swarm overlay), oncache slow path (`-o oncache.fastpath=false`),
+//! oncache fast path.
 //!
 //!     cargo bench -p oncache --bench lab -- [--lab compose|netns] [--rounds N] [--seconds S]
 //!                                           [--short] [--out DIR] [--only CONFIG] [--poll-idle]
@@ -353,17 +354,18 @@ fn limit_route_mtu(tb: &dyn Testbed, server_dev: &str) {
 }
 
 fn ends(tb: &dyn Testbed, c: Config) -> Ends {
-    match (c, c.containers()) {
-        (Config::BareMtu, _) => Ends { client: None, server_ip: BARE_MTU_IP.to_string(), port_offset: 0 },
-        (_, None) => Ends { client: None, server_ip: tb.underlay_ip(0), port_offset: 0 },
-        (Config::BareCtr, Some((_, client, _))) => Ends { client: Some(client), server_ip: tb.underlay_ip(0), port_offset: c.port_offset() },
+    let (client, server_ip) = match (c, c.containers()) {
+        (Config::BareMtu, _) => (None, BARE_MTU_IP.to_string()),
+        (_, None) => (None, tb.underlay_ip(0)),
+        (Config::BareCtr, Some((_, client, _))) => (Some(client), tb.underlay_ip(0)),
         (_, Some((server, client, net))) => {
             let f = format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}");
             let ip = tb.docker(0, &["inspect", "-f", &f, server]).trim().to_string();
             assert!(!ip.is_empty(), "{server} has no address on {net}");
-            Ends { client: Some(client), server_ip: ip, port_offset: 0 }
+            (Some(client), ip)
         }
-    }
+    };
+    Ends { client, server_ip, port_offset: c.port_offset() }
 }
 
 /// The servers' ports: iperf3, sockperf over UDP, sockperf over TCP.

@@ -7,7 +7,7 @@
 //! oncache fast path.
 //!
 //!     cargo bench -p oncache --bench lab -- [--lab compose|netns] [--rounds N] [--seconds S]
-//!                                           [--short] [--out DIR] [--only CONFIG] [--poll-idle]
+//!                                           [--short] [--out DIR] [--only CONFIG] [--poll-idle] [--pin]
 //!
 //! `--lab compose` (the default) runs between node1 and node2 of the docker-compose lab (node
 //! containers on the machine's dockerd, see docker-compose-lab/README.md); `--lab netns` between
@@ -18,6 +18,12 @@
 //! that the fast path was taken in the fast configuration and nowhere else, so the figures mean
 //! what they say. `--short` (1 round of 1 s, no files unless --out is given) is what CI runs so
 //! this cannot rot.
+//!
+//! `--pin` runs the ends pinned, the server node's on CPU 0 and the client node's on CPU 1
+//! (taskset for processes on a host, `--cpuset-cpus` for containers), as if each host had a CPU
+//! of its own, and writes `<lab>-pin-latest.*`. It did not make runs steadier on this 2-CPU VM
+//! (a pinned end cannot move off a CPU that the daemons are using); it shows which CPU a
+//! configuration saturates (perf per CPU).
 //!
 //! `--poll-idle` keeps the CPUs from sleeping while measuring (PM QoS: /dev/cpu_dma_latency
 //! held at 0, as tuned's latency profiles do) and writes `<lab>-poll-latest.*`. On a VM most
@@ -81,13 +87,15 @@ pub struct Opts {
     only: Option<String>,
     /// Keep the CPUs out of idle sleep while measuring.
     poll_idle: bool,
+    /// Each node's measured processes on a CPU of their own (NODE_CPUS).
+    pin: bool,
 }
 
-const USAGE: &str = "usage: cargo bench -p oncache --bench lab -- [--lab compose|netns] [--rounds N] [--seconds S] [--short] [--out DIR] [--only bare|bare-mtu|bare-ctr|overlay|slow|fast] [--poll-idle]";
+const USAGE: &str = "usage: cargo bench -p oncache --bench lab -- [--lab compose|netns] [--rounds N] [--seconds S] [--short] [--out DIR] [--only bare|bare-mtu|bare-ctr|overlay|slow|fast] [--poll-idle] [--pin]";
 
 fn opts() -> Opts {
     let default_out = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../docker-compose-lab/results"));
-    let mut o = Opts { lab: LabKind::Compose, rounds: 3, seconds: 5, out: Some(default_out), only: None, poll_idle: false };
+    let mut o = Opts { lab: LabKind::Compose, rounds: 3, seconds: 5, out: Some(default_out), only: None, poll_idle: false, pin: false };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     let bad = |what: &str| -> ! {
@@ -120,9 +128,10 @@ fn opts() -> Opts {
                 o.out = None;
             }
             "--poll-idle" => o.poll_idle = true,
+            "--pin" => o.pin = true,
             "--bench" => {}
             "-h" | "--help" => {
-                println!("{USAGE}\n\nMeasures bare host (also at the overlay's MTU, and from containers on the host network), Docker overlay, oncache slow path and oncache fast path between two hosts,\ninterleaved round by round; prints a markdown table and writes it with a chart to --out\n(default docker-compose-lab/results). --short: 1 round of 1 s, nothing written (CI).\n--poll-idle: the CPUs kept out of idle sleep while measuring (/dev/cpu_dma_latency held at 0),\nso that a transaction's time is the configurations' own work and not a vCPU's wake-up; writes <lab>-poll-latest.*");
+                println!("{USAGE}\n\nMeasures bare host (also at the overlay's MTU, and from containers on the host network), Docker overlay, oncache slow path and oncache fast path between two hosts,\ninterleaved round by round; prints a markdown table and writes it with a chart to --out\n(default docker-compose-lab/results). --short: 1 round of 1 s, nothing written (CI).\n--poll-idle: the CPUs kept out of idle sleep while measuring (/dev/cpu_dma_latency held at 0),\nso that a transaction's time is the configurations' own work and not a vCPU's wake-up; writes <lab>-poll-latest.*\n--pin: the server node's ends on CPU 0 and the client node's on CPU 1, as if each host had a CPU of\nits own (taskset, --cpuset-cpus); writes <lab>-pin-latest.*");
                 std::process::exit(0)
             }
             other => bad(&format!("unknown argument {other}")),
@@ -153,7 +162,7 @@ pub fn at(c: Config) -> usize {
 }
 
 impl Config {
-    fn short(self) -> &'static str {
+    pub fn short(self) -> &'static str {
         match self {
             Config::Bare => "bare",
             Config::BareMtu => "bare-mtu",
@@ -217,9 +226,27 @@ pub const METRICS: [(&str, &str); 15] = [
     ("UDP RR CPU per transaction, client node", "µs"),
 ];
 
+/// With `--pin`, the CPU each node's measured processes run on: server node 0 on CPU 0, client
+/// node 1 on CPU 1, as if each host had a CPU of its own (the kernel's receive work still runs
+/// on the sender's CPU: a veth hands its packets to the local CPU's backlog).
+const NODE_CPUS: [&str; 2] = ["0", "1"];
+
+/// `cmd` run on `cpu` (taskset), or as it is.
+fn on_cpu<'a>(cpu: Option<&'a str>, cmd: &[&'a str]) -> Vec<&'a str> {
+    let mut v = match cpu {
+        Some(c) => vec!["taskset", "-c", c],
+        None => Vec::new(),
+    };
+    v.extend_from_slice(cmd);
+    v
+}
+
 /// Where a measurement's client runs and what it talks to.
 struct Ends {
     client: Option<&'static str>,
+    /// The CPU the client is pinned to when it runs on the host itself (containers are pinned
+    /// whole, by their cpuset).
+    client_cpu: Option<&'static str>,
     server_ip: String,
     /// Added to the servers' ports ([`PORTS`]).
     port_offset: u16,
@@ -233,7 +260,7 @@ fn client_exec(tb: &dyn Testbed, e: &Ends, cmd: &[&str]) -> String {
             a.extend_from_slice(cmd);
             tb.docker(1, &a)
         }
-        None => tb.host_exec(1, cmd),
+        None => tb.host_exec(1, &on_cpu(e.client_cpu, cmd)),
     }
 }
 
@@ -294,18 +321,25 @@ fn fast_hits(tb: &dyn Testbed, node: usize) -> u64 {
 }
 
 /// Networks and containers of every configuration, and the servers in them.
-fn prepare(tb: &mut dyn Testbed) {
+fn prepare(tb: &mut dyn Testbed, pin: bool) {
+    let cpu = |node: usize| pin.then_some(NODE_CPUS[node]);
     tb.docker(0, &["network", "create", "-d", "overlay", "--attachable", "--subnet", "10.212.0.0/24", "bench-ov"]);
     tb.oncache_network("bench-fast", 10, "10.210.0.0/24", &[]);
     tb.oncache_network("bench-slow", 11, "10.211.0.0/24", &["oncache.fastpath=false"]);
     for c in CONFIGS {
         if let Some((server, client, net)) = c.containers() {
-            tb.docker(0, &["run", "-d", "--pull=never", "--name", server, "--network", net, IMAGE, "sleep", "1d"]);
-            tb.docker(1, &["run", "-d", "--pull=never", "--name", client, "--network", net, IMAGE, "sleep", "1d"]);
+            for (node, name) in [(0, server), (1, client)] {
+                let mut a = vec!["run", "-d", "--pull=never", "--name", name, "--network", net];
+                if let Some(c) = cpu(node) {
+                    a.extend(["--cpuset-cpus", c]);
+                }
+                a.extend([IMAGE, "sleep", "1d"]);
+                tb.docker(node, &a);
+            }
         }
     }
     for s in servers(0) {
-        tb.host_serve(0, &s.iter().map(String::as_str).collect::<Vec<_>>());
+        tb.host_serve(0, &on_cpu(cpu(0), &s.iter().map(String::as_str).collect::<Vec<_>>()));
     }
     for c in CONFIGS {
         let Some((server, _, _)) = c.containers() else { continue };
@@ -353,7 +387,7 @@ fn limit_route_mtu(tb: &dyn Testbed, server_dev: &str) {
     eprintln!("bare host, overlay MTU: node 1 reaches {BARE_MTU_IP} on node 0 with MTU {mtu}");
 }
 
-fn ends(tb: &dyn Testbed, c: Config) -> Ends {
+fn ends(tb: &dyn Testbed, c: Config, pin: bool) -> Ends {
     let (client, server_ip) = match (c, c.containers()) {
         (Config::BareMtu, _) => (None, BARE_MTU_IP.to_string()),
         (_, None) => (None, tb.underlay_ip(0)),
@@ -365,7 +399,8 @@ fn ends(tb: &dyn Testbed, c: Config) -> Ends {
             (Some(client), ip)
         }
     };
-    Ends { client, server_ip, port_offset: c.port_offset() }
+    let client_cpu = (pin && client.is_none()).then_some(NODE_CPUS[1]);
+    Ends { client, client_cpu, server_ip, port_offset: c.port_offset() }
 }
 
 /// The servers' ports: iperf3, sockperf over UDP, sockperf over TCP.
@@ -421,11 +456,18 @@ impl IdlePolling {
 
 fn main() {
     let o = opts();
+    if o.pin {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cpus < NODE_CPUS.len() {
+            eprintln!("--pin needs {} CPUs, this machine has {cpus}", NODE_CPUS.len());
+            std::process::exit(2)
+        }
+    }
     let mut tb: Box<dyn Testbed> = match o.lab {
         LabKind::Compose => Box::new(compose::Compose::start()),
         LabKind::Netns => Box::new(netns::Netns::start()),
     };
-    prepare(tb.as_mut());
+    prepare(tb.as_mut(), o.pin);
     let tb_ref: &dyn Testbed = tb.as_ref();
     let server_dev = underlay_dev(tb_ref, 0);
     limit_route_mtu(tb_ref, &server_dev);
@@ -434,7 +476,7 @@ fn main() {
     let mut results = vec![vec![Vec::new(); METRICS.len()]; CONFIGS.len()];
     let mut hits = [0u64; CONFIGS.len()];
     // Addresses do not change between rounds: look them up once.
-    let all_ends: Vec<Ends> = CONFIGS.iter().map(|c| ends(tb_ref, *c)).collect();
+    let all_ends: Vec<Ends> = CONFIGS.iter().map(|c| ends(tb_ref, *c, o.pin)).collect();
     // Every program run is timed while bpf_stats is on (two clock reads each): off while measuring.
     let _stats_off = BpfStatsOff::new();
     let _polling = o.poll_idle.then(IdlePolling::new);
@@ -473,11 +515,15 @@ fn main() {
         tb.finish();
         return;
     }
-    let (title, stem) = if o.poll_idle {
-        (format!("{}, CPUs kept out of idle sleep (--poll-idle: cpu_dma_latency 0)", tb.title()), format!("{}-poll", o.lab.stem()))
-    } else {
-        (tb.title(), o.lab.stem().to_string())
-    };
+    let (mut title, mut stem) = (tb.title(), o.lab.stem().to_string());
+    if o.pin {
+        title += ", each node's ends on a CPU of its own (--pin: server CPU 0, client CPU 1)";
+        stem += "-pin";
+    }
+    if o.poll_idle {
+        title += ", CPUs kept out of idle sleep (--poll-idle: cpu_dma_latency 0)";
+        stem += "-poll";
+    }
     let table = report::table(&o, &title, &results, &hits);
     println!("\n{table}");
     if let Some(dir) = &o.out {

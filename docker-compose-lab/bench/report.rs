@@ -1,5 +1,6 @@
-//! The benchmark's outputs: a markdown table of medians (min–max) with ratios, and a chart of
-//! each metric relative to bare host (SVG, turned into PNG by rsvg-convert).
+//! The benchmark's outputs: a markdown table of medians (min–max) with ratios, the fast path
+//! against the performance targets with a confidence interval, a chart of each metric relative
+//! to bare host (SVG, turned into PNG by rsvg-convert), and every round's figures (JSON).
 
 use crate::{at, Config, Opts, CONFIGS, METRICS};
 use std::fmt::Write as _;
@@ -10,6 +11,73 @@ pub fn median(v: &[f64]) -> (f64, f64, f64) {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     (s[s.len() / 2], s[0], s[s.len() - 1])
+}
+
+/// The data-plane targets: metric, bound on the fast path's ratio to a baseline, and whether
+/// the ratio must be at least the bound (rates) or at most (CPU).
+const TARGETS: [(&str, f64, bool); 5] = [
+    ("TCP RR rate", 0.97, true),
+    ("UDP RR rate", 0.97, true),
+    ("TCP throughput, 1 flow", 0.95, true),
+    ("TCP RR CPU per transaction, machine", 1.05, false),
+    ("UDP RR CPU per transaction, machine", 1.05, false),
+];
+
+/// A distribution-free confidence interval for the median of `v`: its k-th smallest and k-th
+/// largest values, for the largest k whose coverage, 1 - 2 P(Binomial(n, 1/2) < k), is at
+/// least 95 % (k = 1, all of `v`, when none reaches it). Returns (lo, hi, coverage).
+pub fn median_ci(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    // P(B < k) for k = 0..=n, from the binomial probabilities C(n, i) / 2^n.
+    let mut below = vec![0.0; n + 1];
+    let mut p = 0.5f64.powi(n as i32);
+    for i in 0..n {
+        below[i + 1] = below[i] + p;
+        p *= (n - i) as f64 / (i + 1) as f64;
+    }
+    let k = (1..=n.div_ceil(2)).rev().find(|&k| 1.0 - 2.0 * below[k] >= 0.95).unwrap_or(1);
+    (s[k - 1], s[n - k], 1.0 - 2.0 * below[k])
+}
+
+/// Each round's own fast/`ci` ratio of metric `mi` (the rounds are paired: one round runs every
+/// configuration back to back).
+fn per_round(results: &[Vec<Vec<f64>>], ci: usize, mi: usize) -> Vec<f64> {
+    results[at(Config::Fast)][mi].iter().zip(&results[ci][mi]).map(|(f, b)| f / b).collect()
+}
+
+/// Below this coverage (fewer than 5 rounds) no verdict is given.
+const MIN_COVERAGE: f64 = 0.9;
+
+/// The fast path against each target, over the bare host and over the bare host in containers:
+/// the median of the per-round ratios, its confidence interval, and a verdict that is "met" or
+/// "not met" only when the whole interval lies on one side of the bound.
+fn verdicts(t: &mut String, results: &[Vec<Vec<f64>>]) {
+    let baselines = [Config::Bare, Config::BareCtr].map(at);
+    writeln!(t, "\n| target (fast / baseline, per round) | over {} | over {} |", CONFIGS[baselines[0]].name(), CONFIGS[baselines[1]].name()).unwrap();
+    writeln!(t, "|---|---|---|").unwrap();
+    for (name, bound, at_least) in TARGETS {
+        let mi = METRICS.iter().position(|(m, _)| *m == name).expect("every target is a metric");
+        write!(t, "| {name} {} {bound:.2} |", if at_least { "≥" } else { "≤" }).unwrap();
+        for ci in baselines {
+            let r = per_round(results, ci, mi);
+            let (lo, hi, cover) = median_ci(&r);
+            let (good, bad) = if at_least { (lo >= bound, hi < bound) } else { (hi <= bound, lo > bound) };
+            let verdict = if cover < MIN_COVERAGE {
+                "too few rounds"
+            } else if good {
+                "met"
+            } else if bad {
+                "not met"
+            } else {
+                "not decided"
+            };
+            write!(t, " {:.2} ({lo:.2}–{hi:.2} at {:.1} %): {verdict} |", median(&r).0, cover * 100.0).unwrap();
+        }
+        writeln!(t).unwrap();
+    }
+    writeln!(t, "\nPer target: the median of the rounds' own ratios, in brackets its confidence interval (order statistics of the rounds, distribution-free; its coverage after \"at\"). \"met\" and \"not met\" need the whole interval on one side of the bound and a coverage of at least 90 % (5 rounds); more rounds narrow it.").unwrap();
 }
 
 /// Metrics the testbed could measure (per-node CPU is NaN where hosts are not cgroups).
@@ -43,8 +111,7 @@ pub fn table(o: &Opts, testbed: &str, results: &[Vec<Vec<f64>>], hits: &[u64]) -
         }
         let f = cells[fast].0;
         let per_round = |ci: usize| {
-            let paired: Vec<f64> = results[fast][mi].iter().zip(&results[ci][mi]).map(|(f, b)| f / b).collect();
-            let (m, lo, hi) = median(&paired);
+            let (m, lo, hi) = median(&per_round(results, ci, mi));
             format!("{m:.2} ({lo:.2}–{hi:.2})")
         };
         let over = |ci: usize| f / cells[ci].0;
@@ -64,6 +131,7 @@ pub fn table(o: &Opts, testbed: &str, results: &[Vec<Vec<f64>>], hits: &[u64]) -
     writeln!(t, "\nMedians (min–max). Ratios: fast path over the other configuration (above 1 is more for rates, slower for latency and CPU); \"per round\": the median (min–max) of each round's own fast/bare ratio, which a machine whose speed drifts between rounds disturbs less; \"at overlay MTU\": over the bare host whose route to the server has the containers' MTU, so that the ratio leaves out what the overlay's 50 bytes per packet cost TCP by themselves; \"in containers\": over the bare host with both ends in containers on the host network, so that the ratio leaves out what being in a container costs by itself (Docker's seccomp filter on every system call, the cgroups). Configurations run in reverse order every other round.").unwrap();
     writeln!(t, "CPU per transaction: busy CPU time over the sockperf run divided by its transactions; \"machine\" is the whole machine's (both hosts share its CPUs; CPUs x elapsed time - idle time), a node's is its cgroup's CPU time (softirq work is charged to whatever task it interrupted, so the split between nodes is approximate).").unwrap();
     writeln!(t, "Fast-path hits during each configuration: {}", CONFIGS.iter().zip(hits).map(|(c, h)| format!("{} {h}", c.name())).collect::<Vec<_>>().join(", ")).unwrap();
+    verdicts(&mut t, results);
     t
 }
 
@@ -73,11 +141,26 @@ pub fn write(dir: &Path, stem: &str, table: &str, results: &[Vec<Vec<f64>>]) {
     let file = |ext: &str| dir.join(format!("{stem}-latest.{ext}"));
     std::fs::write(file("md"), table).expect("write results");
     let heading = table.lines().next().unwrap_or_default();
+    std::fs::write(file("json"), rounds_json(heading, results)).expect("write rounds");
     std::fs::write(file("svg"), chart(heading, results)).expect("write chart");
     match std::process::Command::new("rsvg-convert").arg("-o").arg(file("png")).arg(file("svg")).status() {
         Ok(s) if s.success() => eprintln!("wrote {} and its chart", file("md").display()),
         _ => eprintln!("rsvg-convert (Debian librsvg2-bin) missing or failed: only the SVG chart was written"),
     }
+}
+
+/// Every round's figures, `{"heading": ..., "rounds": {configuration: {metric: [per round]}}}`,
+/// for analyses the table does not make.
+fn rounds_json(heading: &str, results: &[Vec<Vec<f64>>]) -> String {
+    let rounds: serde_json::Map<String, serde_json::Value> = CONFIGS
+        .iter()
+        .zip(results)
+        .map(|(c, r)| {
+            let metrics = METRICS.iter().zip(r).map(|((m, u), v)| (format!("{m} ({u})"), serde_json::json!(v))).collect::<serde_json::Map<_, _>>();
+            (c.short().to_string(), serde_json::Value::Object(metrics))
+        })
+        .collect();
+    serde_json::to_string_pretty(&serde_json::json!({ "heading": heading, "rounds": rounds })).unwrap()
 }
 
 /// Grouped bars: each metric's medians relative to bare host (bare = 1), under the table's

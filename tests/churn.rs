@@ -503,7 +503,7 @@ fn churn_with_the_daemon_killed_at_every_point_and_at_random() {
         } else {
             run_cmd(h, &name)
         };
-        let unmake = if network { h.docker_cmd(&["network", "rm", &name]) } else { rm_cmd(h, &[name.clone()]) };
+        let unmake = if network { h.docker_cmd(&["network", "rm", &name]) } else { rm_cmd(h, std::slice::from_ref(&name)) };
         if removal {
             failed_cmds.extend(run_all(vec![make]).join().unwrap());
             arm(&mut lab, point);

@@ -271,7 +271,7 @@ fn swarm_drives_oncache_end_to_end() {
     let a2 = h0.container_ip("a2", "ov2").to_string();
     lab::wait_for("b2 to reach a2 over ov2", Duration::from_secs(20), || h1.try_docker_exec("b2", &["ping", "-c", "1", "-W", "1", &a2]).ok());
     let st: Value = cli_json(h1, &ids[1], "status");
-    assert!(st["networks"].as_array().is_some_and(|n| n.iter().any(|n| n["network"]["vni"].to_string() == vni2)), "{st:#}");
+    assert!(st["networks"].as_array().is_some_and(|n| n.iter().any(|n| n["network"]["vni"].as_u64() == vni2.parse().ok())), "{st:#}");
 
     // Clean-up through Swarm and dockerd; the lab removes the plugins and checks for leaks.
     h0.docker(&["rm", "-f", "a2"]);

@@ -21,7 +21,6 @@
 //! speed. `--short` (3 runs, 50 endpoints, nothing written) is what the test command runs.
 
 #[path = "../../tests/lab/mod.rs"]
-#[allow(dead_code)]
 mod lab;
 
 use serde_json::json;

@@ -31,7 +31,6 @@
 //! configuration's own per-packet work, the overlay's included.
 
 #[path = "../../tests/lab/mod.rs"]
-#[allow(dead_code)]
 mod lab;
 
 mod compose;

@@ -322,7 +322,10 @@ pub fn remove_tree(path: &Path, timeout: Duration) -> Result<(), String> {
 // Registry of long-lived processes a lab started, by suffix: the leak check verifies that each
 // of them is gone (neither running nor a zombie).
 
-static SPAWNED: Mutex<Option<HashMap<String, Vec<(u32, u64, String)>>>> = Mutex::new(None);
+/// pid, start time (to tell a reused pid), what it is.
+type Spawned = Vec<(u32, u64, String)>;
+
+static SPAWNED: Mutex<Option<HashMap<String, Spawned>>> = Mutex::new(None);
 
 pub fn record_spawn(suffix: &str, pid: u32, what: &str) {
     let st = start_time(pid).unwrap_or(0);

@@ -26,7 +26,7 @@ const TARGETS: [(&str, f64, bool); 5] = [
 /// A distribution-free confidence interval for the median of `v`: its k-th smallest and k-th
 /// largest values, for the largest k whose coverage, 1 - 2 P(Binomial(n, 1/2) < k), is at
 /// least 95 % (k = 1, all of `v`, when none reaches it). Returns (lo, hi, coverage).
-pub fn median_ci(v: &[f64]) -> (f64, f64, f64) {
+fn median_ci(v: &[f64]) -> (f64, f64, f64) {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     let n = s.len();
@@ -110,7 +110,7 @@ pub fn table(o: &Opts, testbed: &str, results: &[Vec<Vec<f64>>], hits: &[u64]) -
             write!(t, " {m:.2} ({lo:.2}–{hi:.2}) |").unwrap();
         }
         let f = cells[fast].0;
-        let per_round = |ci: usize| {
+        let per_round_cell = |ci: usize| {
             let (m, lo, hi) = median(&per_round(results, ci, mi));
             format!("{m:.2} ({lo:.2}–{hi:.2})")
         };
@@ -119,10 +119,10 @@ pub fn table(o: &Opts, testbed: &str, results: &[Vec<Vec<f64>>], hits: &[u64]) -
             t,
             " {:.2} | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} |",
             over(bare),
-            per_round(bare),
+            per_round_cell(bare),
             over(bare_mtu),
             over(bare_ctr),
-            per_round(bare_ctr),
+            per_round_cell(bare_ctr),
             over(overlay),
             over(slow)
         )

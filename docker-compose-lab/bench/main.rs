@@ -35,6 +35,7 @@ mod lab;
 
 mod compose;
 mod netns;
+mod programs;
 mod report;
 
 use serde_json::Value;
@@ -290,8 +291,8 @@ fn iperf(tb: &dyn Testbed, e: &Ends, secs: u32, streams: u32) -> f64 {
 }
 
 /// sockperf ping-pong: transactions/s, p50 µs, p99 µs, then CPU µs per transaction of the
-/// machine, the server node and the client node.
-fn sockperf(tb: &dyn Testbed, e: &Ends, secs: u32, tcp: bool) -> [f64; 6] {
+/// machine, the server node and the client node, then the transactions of the whole run.
+fn sockperf(tb: &dyn Testbed, e: &Ends, secs: u32, tcp: bool) -> [f64; 7] {
     let port = (PORTS[if tcp { 2 } else { 1 }] + e.port_offset).to_string();
     let s = secs.to_string();
     let mut cmd = vec!["sockperf", "ping-pong", "-i", &e.server_ip, "-p", &port, "-t", &s];
@@ -310,7 +311,7 @@ fn sockperf(tb: &dyn Testbed, e: &Ends, secs: u32, tcp: bool) -> [f64; 6] {
     // CPU over the whole run (warm-up included) per transaction of the whole run.
     let sent = field("SentMessages=").max(1.0);
     let per = |k: usize| (cpu1[k] - cpu0[k]) / sent;
-    [received / runtime, field("percentile 50.000 ="), field("percentile 99.000 ="), per(0), per(1), per(2)]
+    [received / runtime, field("percentile 50.000 ="), field("percentile 99.000 ="), per(0), per(1), per(2), sent]
 }
 
 fn fast_hits(tb: &dyn Testbed, node: usize) -> u64 {
@@ -497,7 +498,7 @@ fn main() {
             r[1].push((bytes - rx.1) as f64 / (packets - rx.0).max(1) as f64);
             r[2].push(iperf(tb_ref, e, o.seconds, 4));
             for (base, tcp) in [(3, true), (9, false)] {
-                for (k, v) in sockperf(tb_ref, e, o.seconds, tcp).into_iter().enumerate() {
+                for (k, v) in sockperf(tb_ref, e, o.seconds, tcp).into_iter().take(6).enumerate() {
                     r[base + k].push(v);
                 }
             }
@@ -506,11 +507,17 @@ fn main() {
         }
     }
 
+    // What the programs cost by themselves: timed by the kernel in a pass of its own.
+    let fast = at(Config::Fast);
+    let measured_fast = o.only.as_deref().is_none_or(|only| only == Config::Fast.short());
+    let program_cost = if measured_fast { programs::section(tb_ref, &all_ends[fast], o.seconds) } else { String::new() };
+
     if let Some(only) = &o.only {
         let ci = CONFIGS.iter().position(|c| c.short() == only).unwrap();
         for (mi, (name, unit)) in METRICS.iter().enumerate() {
             println!("{name} ({unit}): {:.2}", report::median(&results[ci][mi]).0);
         }
+        println!("{program_cost}");
         tb.finish();
         return;
     }
@@ -523,13 +530,12 @@ fn main() {
         title += ", CPUs kept out of idle sleep (--poll-idle: cpu_dma_latency 0)";
         stem += "-poll";
     }
-    let table = report::table(&o, &title, &results, &hits);
+    let table = report::table(&o, &title, &results, &hits) + &program_cost;
     println!("\n{table}");
     if let Some(dir) = &o.out {
         report::write(dir, &stem, &table, &results);
     }
     tb.finish();
-    let fast = at(Config::Fast);
     assert!(hits.iter().enumerate().all(|(ci, h)| ci == fast || *h == 0), "the fast path was used outside the fast configuration: {hits:?}");
     assert!(hits[fast] > 0, "the fast configuration never took the fast path");
     println!("fast path checked: {} hits in the fast configuration, none in the others", hits[fast]);

@@ -984,7 +984,7 @@ impl Driver {
     }
 
     pub fn fast_stats(&mut self) -> Result<fastpath::maps::Stats> {
-        self.fast()?.maps.stats()
+        self.fast()?.stats()
     }
 
     pub fn cache_list(&mut self) -> Result<fastpath::maps::CacheList> {

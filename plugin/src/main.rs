@@ -41,7 +41,9 @@ enum Command {
         #[arg(long, default_value = DEFAULT_BPF_DIR)]
         bpf_dir: PathBuf,
     },
-    /// Fast-path counters per program: hits, misses, learned, invalidated, rejected.
+    /// Fast-path counters per program: hits, misses, learned, invalidated, rejected; with
+    /// `sysctl kernel.bpf_stats_enabled=1`, also each program's runs and mean run time (its
+    /// helpers included) since it was loaded.
     Stats {
         #[arg(long)]
         json: bool,
@@ -332,14 +334,19 @@ async fn stats(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
     }
-    println!("{:<14} {:>12} {:>12} {:>12} {:>12} {:>12}", "program", "hits", "misses", "learned", "invalidated", "rejected");
-    for (name, c) in [
+    println!("{:<14} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12} {:>8}", "program", "hits", "misses", "learned", "invalidated", "rejected", "runs", "ns/run");
+    let all = [
         ("egress_fast", s.egress_fast),
         ("ingress_fast", s.ingress_fast),
         ("egress_learn", s.egress_learn),
         ("ingress_learn", s.ingress_learn),
-    ] {
-        println!("{name:<14} {:>12} {:>12} {:>12} {:>12} {:>12}", c.hits, c.misses, c.learned, c.invalidated, c.rejected);
+    ];
+    for (name, c) in all {
+        let per_run = c.run_time_ns.checked_div(c.runs).map_or("-".to_string(), |ns| ns.to_string());
+        println!("{name:<14} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12} {per_run:>8}", c.hits, c.misses, c.learned, c.invalidated, c.rejected, c.runs);
+    }
+    if all.iter().all(|(_, c)| c.runs == 0) {
+        println!("runs and ns/run are counted only while kernel.bpf_stats_enabled is 1 (each run then costs two clock reads)");
     }
     Ok(())
 }

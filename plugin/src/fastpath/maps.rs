@@ -206,7 +206,7 @@ impl Maps {
             for (slot, counter) in v.iter_mut().zip(c::ALL_COUNTERS) {
                 *slot = a.get(&c::stat_index(p, counter), 0)?.iter().sum();
             }
-            Ok(Counters { hits: v[0], misses: v[1], learned: v[2], invalidated: v[3], rejected: v[4] })
+            Ok(Counters { hits: v[0], misses: v[1], learned: v[2], invalidated: v[3], rejected: v[4], ..Counters::default() })
         };
         Ok(Stats {
             egress_fast: get(c::Program::EgressFast)?,
@@ -265,6 +265,12 @@ pub struct Counters {
     pub learned: u64,
     pub invalidated: u64,
     pub rejected: u64,
+    /// The kernel's count of the program's runs and their total time (helpers included),
+    /// kept only while `kernel.bpf_stats_enabled` is 1: each run then costs two clock reads.
+    #[serde(default)]
+    pub runs: u64,
+    #[serde(default)]
+    pub run_time_ns: u64,
 }
 
 #[derive(Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]

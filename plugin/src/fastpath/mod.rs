@@ -153,6 +153,22 @@ impl FastPath {
         Ok(fp)
     }
 
+    /// The map counters with the kernel's run count and run time of each program.
+    pub fn stats(&mut self) -> Result<maps::Stats> {
+        let mut s = self.maps.stats()?;
+        for (name, counters) in [
+            (c::PROG_EGRESS_FAST, &mut s.egress_fast),
+            (c::PROG_INGRESS_FAST, &mut s.ingress_fast),
+            (c::PROG_EGRESS_LEARN, &mut s.egress_learn),
+            (c::PROG_INGRESS_LEARN, &mut s.ingress_learn),
+        ] {
+            let info = classifier(&mut self.ebpf, name)?.info().map_err(|e| anyhow!("{name}: {e}"))?;
+            counters.runs = info.run_count();
+            counters.run_time_ns = u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
+        }
+        Ok(s)
+    }
+
     /// How the programs are attached, as `oncache status` says it.
     pub fn attachment(&self) -> &'static str {
         match self.mode {

@@ -59,7 +59,8 @@ pub fn section(tb: &dyn Testbed, e: &Ends, secs: u32) -> String {
         s += &r;
     }
     s += "\nA separate pass after the rounds, on the fast configuration, with kernel.bpf_stats_enabled on \
-          (each run then costs two clock reads more, so these are upper bounds). Each cell: mean time per run \
+          (each run then costs two clock reads more, so these are upper bounds: egress_learn returns at once for \
+          fast-path packets, and its time per run is about what the timing adds). Each cell: mean time per run \
           (helpers included: map lookups, adjust_room, redirect) x runs per transaction (RR) or per second (1 flow); \
           \"all programs\": their total time per transaction, or the share of one CPU for the flow.\n";
     s

@@ -290,9 +290,16 @@ fn iperf(tb: &dyn Testbed, e: &Ends, secs: u32, streams: u32) -> f64 {
     v["end"]["sum_received"]["bits_per_second"].as_f64().expect("iperf3 result") / 1e9
 }
 
-/// sockperf ping-pong: transactions/s, p50 µs, p99 µs, then CPU µs per transaction of the
-/// machine, the server node and the client node, then the transactions of the whole run.
-fn sockperf(tb: &dyn Testbed, e: &Ends, secs: u32, tcp: bool) -> [f64; 7] {
+/// What one sockperf ping-pong measured.
+struct PingPong {
+    /// Transactions/s, p50 µs, p99 µs, then CPU µs per transaction of the machine, the server
+    /// node and the client node: the ping-pong rows of [`METRICS`], in order.
+    figures: [f64; 6],
+    /// Transactions of the whole run, warm-up included.
+    transactions: f64,
+}
+
+fn sockperf(tb: &dyn Testbed, e: &Ends, secs: u32, tcp: bool) -> PingPong {
     let port = (PORTS[if tcp { 2 } else { 1 }] + e.port_offset).to_string();
     let s = secs.to_string();
     let mut cmd = vec!["sockperf", "ping-pong", "-i", &e.server_ip, "-p", &port, "-t", &s];
@@ -311,7 +318,7 @@ fn sockperf(tb: &dyn Testbed, e: &Ends, secs: u32, tcp: bool) -> [f64; 7] {
     // CPU over the whole run (warm-up included) per transaction of the whole run.
     let sent = field("SentMessages=").max(1.0);
     let per = |k: usize| (cpu1[k] - cpu0[k]) / sent;
-    [received / runtime, field("percentile 50.000 ="), field("percentile 99.000 ="), per(0), per(1), per(2), sent]
+    PingPong { figures: [received / runtime, field("percentile 50.000 ="), field("percentile 99.000 ="), per(0), per(1), per(2)], transactions: sent }
 }
 
 fn fast_hits(tb: &dyn Testbed, node: usize) -> u64 {
@@ -417,27 +424,27 @@ fn servers(offset: u16) -> [Vec<String>; 3] {
     ]
 }
 
-/// Turns `kernel.bpf_stats_enabled` off for its lifetime, if it was on.
-struct BpfStatsOff(bool);
+/// Holds `kernel.bpf_stats_enabled` at a value for its lifetime, then puts back what was there
+/// (guards nest: the programs' pass turns it on inside the rounds' "off").
+struct BpfStats {
+    before: bool,
+}
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-impl BpfStatsOff {
-    fn new() -> BpfStatsOff {
-        let on = std::fs::read_to_string(BPF_STATS).is_ok_and(|v| v.trim() == "1");
-        if on {
-            eprintln!("kernel.bpf_stats_enabled is on: off while measuring (it times every program run)");
-            std::fs::write(BPF_STATS, "0").expect("turning bpf_stats off");
+impl BpfStats {
+    fn set(on: bool) -> BpfStats {
+        let before = std::fs::read_to_string(BPF_STATS).is_ok_and(|v| v.trim() == "1");
+        if before != on {
+            std::fs::write(BPF_STATS, if on { "1" } else { "0" }).expect("setting kernel.bpf_stats_enabled");
         }
-        BpfStatsOff(on)
+        BpfStats { before }
     }
 }
 
-impl Drop for BpfStatsOff {
+impl Drop for BpfStats {
     fn drop(&mut self) {
-        if self.0 {
-            let _ = std::fs::write(BPF_STATS, "1");
-        }
+        let _ = std::fs::write(BPF_STATS, if self.before { "1" } else { "0" });
     }
 }
 
@@ -478,7 +485,10 @@ fn main() {
     // Addresses do not change between rounds: look them up once.
     let all_ends: Vec<Ends> = CONFIGS.iter().map(|c| ends(tb_ref, *c, o.pin)).collect();
     // Every program run is timed while bpf_stats is on (two clock reads each): off while measuring.
-    let _stats_off = BpfStatsOff::new();
+    let stats_off = BpfStats::set(false);
+    if stats_off.before {
+        eprintln!("kernel.bpf_stats_enabled is on: off while measuring (it times every program run)");
+    }
     let _polling = o.poll_idle.then(IdlePolling::new);
     for round in 0..o.rounds {
         // Forward, then backward: a machine drifting through a round weighs on no configuration
@@ -498,7 +508,7 @@ fn main() {
             r[1].push((bytes - rx.1) as f64 / (packets - rx.0).max(1) as f64);
             r[2].push(iperf(tb_ref, e, o.seconds, 4));
             for (base, tcp) in [(3, true), (9, false)] {
-                for (k, v) in sockperf(tb_ref, e, o.seconds, tcp).into_iter().take(6).enumerate() {
+                for (k, v) in sockperf(tb_ref, e, o.seconds, tcp).figures.into_iter().enumerate() {
                     r[base + k].push(v);
                 }
             }

@@ -4,7 +4,7 @@
 //! The run counts and times are the daemons' own (`oncache stats`), summed over both nodes;
 //! a run's time includes the helpers it calls (map lookups, adjust_room, redirect).
 
-use super::{iperf, sockperf, Ends, Testbed, BPF_STATS};
+use super::{iperf, sockperf, BpfStats, Ends, Testbed};
 use serde_json::Value;
 
 /// The programs, as `oncache stats` names them.
@@ -19,31 +19,15 @@ fn snapshot(tb: &dyn Testbed) -> [(u64, u64); 4] {
     })
 }
 
-/// Turns the kernel's run-time statistics on for its lifetime.
-struct StatsOn;
-
-impl StatsOn {
-    fn new() -> StatsOn {
-        std::fs::write(BPF_STATS, "1").expect("turning kernel.bpf_stats_enabled on");
-        StatsOn
-    }
-}
-
-impl Drop for StatsOn {
-    fn drop(&mut self) {
-        let _ = std::fs::write(BPF_STATS, "0");
-    }
-}
-
 /// Measures TCP RR, UDP RR (per transaction) and one TCP flow (per second) on the fast
 /// configuration's ends, and returns a markdown section. Panics when the fast path's programs
 /// did not run: the figures would not be about them.
 pub fn section(tb: &dyn Testbed, e: &Ends, secs: u32) -> String {
-    let _on = StatsOn::new();
+    let _on = BpfStats::set(true);
     let mut rows = Vec::new();
     for (test, tcp) in [("TCP RR", true), ("UDP RR", false)] {
         let before = snapshot(tb);
-        let transactions = sockperf(tb, e, secs, tcp)[6];
+        let transactions = sockperf(tb, e, secs, tcp).transactions;
         let after = snapshot(tb);
         rows.push(row(test, &before, &after, Per::Transaction(transactions)));
     }

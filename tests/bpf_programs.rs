@@ -23,7 +23,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 use support::traffic::{exchange, in_netns, inet_checksum, mac_in, tcp_connect, tcp_frame, udp_frame, Echo, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
-use support::{counter, create_network_api, stats, wait_remotes, Sandboxes};
+use support::{counter, create_network_api, egress_slot_and_gen, gen_in_slot, set_gen_in_slot, stats, wait_remotes, Sandboxes};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_REDIRECT: u32 = 7;
@@ -323,6 +323,7 @@ fn programs_redirect_only_the_flows_own_well_formed_frames() {
     let veth0 = ifindex(&h0.netns_path(), &format!("ocve{}", &ep0[..11]));
     let ul0 = ifindex(&h0.netns_path(), lab::UNDERLAY_IF);
     let bpf_dir = h0.bpf_dir.clone();
+    let (stale_out, stale_in, stale_dir) = (out_frame.clone(), in_frame.clone(), bpf_dir.clone());
 
     let report = in_netns(&h0.netns_path(), move || {
         let egress = Prog::open(&bpf_dir, PROG_EGRESS_FAST);
@@ -415,6 +416,27 @@ fn programs_redirect_only_the_flows_own_well_formed_frames() {
     .join()
     .expect("test runs");
     eprintln!("frames: egress_fast {} malformed, ingress_fast {}, learners {} runs", report.0, report.1, report.2);
+
+    // The remote container's egress entry rewritten (its generation in ONC_GENS changed): the
+    // flow admitted under the old one takes the fast path in neither direction, and does again
+    // once the generation is the one it was admitted under.
+    let (slot, gen) = egress_slot_and_gen(h0, VNI, b);
+    assert_eq!(gen_in_slot(h0, slot), gen, "ONC_GENS does not hold the egress entry's generation");
+    let host_ns = h0.netns_path();
+    let verdicts = move || {
+        let dir = stale_dir.clone();
+        let (out, inn) = (stale_out.clone(), stale_in.clone());
+        in_netns(&host_ns, move || {
+            let (egress, ingress) = (Prog::open(&dir, PROG_EGRESS_FAST), Prog::open(&dir, PROG_INGRESS_FAST));
+            (egress.run(&out, veth0, 0).0, ingress.run(&inn, ul0, 0).0)
+        })
+        .join()
+        .expect("programs run")
+    };
+    set_gen_in_slot(h0, slot, gen ^ 0x5a5a_5a5a);
+    assert_eq!(verdicts(), (TC_ACT_OK, TC_ACT_OK), "a flow admitted under an older generation took the fast path");
+    set_gen_in_slot(h0, slot, gen);
+    assert_eq!(verdicts(), (TC_ACT_REDIRECT, TC_ACT_REDIRECT), "the flow did not return with its generation");
     drop(boxes);
     lab.finish();
 }

@@ -365,7 +365,9 @@ fn flush_leave_peer_removal_and_network_delete_invalidate() {
     exchange(&client, a, 7004, 100, 100).unwrap();
     assert_fast_both_ways("after the rule was removed", [h0, h1], before, 100);
 
-    // Leave: cb's host forgets its delivery entry and flows; ca's host is told and forgets it.
+    // Leave: cb's host forgets its delivery entry and flows; ca's host is told and forgets it,
+    // clearing the generation in its slot (which withdraws the flows admitted under it).
+    let (slot_b, _) = egress_slot_and_gen(h0, 100, b);
     h1.docker(&["rm", "-f", "cb"]);
     let bs = b.to_string();
     let c1 = cache(h1);
@@ -377,6 +379,7 @@ fn flush_leave_peer_removal_and_network_delete_invalidate() {
             && !has_entry(&c0, "filter", |f| f["remote"].as_str().unwrap().starts_with(&format!("{bs}:"))))
         .then_some(())
     });
+    assert_eq!(gen_in_slot(h0, slot_b), 0, "cb's slot in ONC_GENS still holds a generation after its entry went");
 
     // Peer removed: its outer header and every container learned behind it go.
     // cc gets cb's address back; ca still has it in its ARP cache, so its answers go out at

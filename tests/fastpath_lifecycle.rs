@@ -112,6 +112,42 @@ fn restart_keeps_fast_traffic_with_clsact() {
     lab.finish();
 }
 
+/// A daemon killed between the two writes of a rewritten remote entry (its new generation into
+/// ONC_GENS, then the entry) leaves them apart, and no flow to that container can be admitted
+/// while they are: the learners admit under the entry's generation. The next start puts them
+/// together again and the flow returns to the fast path.
+#[test]
+fn a_restart_repairs_generations_a_crash_left_apart() {
+    let mut lab = overlay(&[]);
+    let (pa, a) = (netns_of(lab.host(0).container_pid("ca")), lab.host(0).container_ip("ca", "ov"));
+    let b = lab.host(1).container_ip("cb", "ov");
+    let pb = netns_of(lab.host(1).container_pid("cb"));
+    let _echo = Echo::start(&pa, 7100, "");
+    let client = udp_client(&pb, 0);
+    exchange(&client, a, 7100, 50, 200).unwrap();
+    // Host 0's programs carry both directions: ingress_fast the requests, egress_fast the replies.
+    let on_fast_path = |h: &Host, client: &std::net::UdpSocket| {
+        let before = fast_hits(h);
+        exchange(client, a, 7100, 100, 200).unwrap();
+        fast_hits(h) - before
+    };
+    assert!(on_fast_path(lab.host(0), &client) >= 180, "the flow is not on host 0's fast path");
+
+    let (slot, gen) = egress_slot_and_gen(lab.host(0), 7, b);
+    set_gen_in_slot(lab.host(0), slot, gen ^ 0x5a5a_5a5a);
+    assert_eq!(on_fast_path(lab.host(0), &client), 0, "a flow took the fast path under a generation its entry does not have");
+    lab.host_mut(0).kill_oncache();
+    let ip1 = lab.host(1).underlay_ip.to_string();
+    lab.host_mut(0).start_oncache(&["--peer", ip1.as_str()]);
+
+    let h0 = lab.host(0);
+    assert_eq!(egress_slot_and_gen(h0, 7, b), (slot, gen), "the restart rewrote an unchanged remote entry");
+    assert_eq!(gen_in_slot(h0, slot), gen, "the restart left ONC_GENS apart from the entry");
+    let back = lab::try_wait_for(Duration::from_secs(10), || (on_fast_path(h0, &client) >= 180).then_some(()));
+    assert!(back.is_some(), "the flow did not return to the fast path after the restart");
+    lab.finish();
+}
+
 /// On the wire, captured on the underlay from the first packet of each flow: every outer
 /// header has IP total length = frame length - 14, UDP length = IP length - 20, a valid IP
 /// header checksum, destination port 4789, VXLAN flags I and VNI 7, DF and UDP checksum 0 (the

@@ -125,6 +125,47 @@ pub fn cache(h: &Host) -> Value {
     v
 }
 
+/// A key or value as bpftool prints it in JSON: `["0x07", "0x00", ...]`.
+fn bpftool_bytes(a: &Value) -> Vec<u8> {
+    let byte = |b: &Value| b.as_str().and_then(|b| u8::from_str_radix(b.trim_start_matches("0x"), 16).ok());
+    a.as_array().and_then(|a| a.iter().map(byte).collect()).unwrap_or_else(|| panic!("not bpftool's bytes: {a}"))
+}
+
+fn hex_bytes(b: [u8; 4]) -> String {
+    b.iter().map(|x| format!("0x{x:02x}")).collect::<Vec<_>>().join(" ")
+}
+
+/// The raw entries of one of `h`'s pinned fast-path maps, as bpftool dumps them.
+fn map_dump(h: &Host, map: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let pin = h.bpf_dir.join(oncache::fastpath::MAPS_DIR).join(map);
+    let v: Value = serde_json::from_str(&h.sh(&format!("bpftool -j map dump pinned {}", pin.display()))).unwrap();
+    v.as_array().unwrap().iter().map(|e| (bpftool_bytes(&e["key"]), bpftool_bytes(&e["value"]))).collect()
+}
+
+/// The ONC_GENS slot and the generation of `h`'s ONC_EGRESS entry for `ip` in network `vni`.
+pub fn egress_slot_and_gen(h: &Host, vni: u32, ip: std::net::Ipv4Addr) -> (u32, u32) {
+    let key: Vec<u8> = vni.to_le_bytes().into_iter().chain(ip.octets()).collect();
+    let (_, v) = map_dump(h, oncache_common::MAP_EGRESS)
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .unwrap_or_else(|| panic!("{}: no egress entry for {ip} (VNI {vni})", h.name));
+    let word = |at: usize| u32::from_le_bytes(v[at..at + 4].try_into().unwrap());
+    (word(16), word(12))
+}
+
+/// ONC_GENS[slot] on `h`.
+pub fn gen_in_slot(h: &Host, slot: u32) -> u32 {
+    let pin = h.bpf_dir.join(oncache::fastpath::MAPS_DIR).join(oncache_common::MAP_GENS);
+    let v: Value = serde_json::from_str(&h.sh(&format!("bpftool -j map lookup pinned {} key {}", pin.display(), hex_bytes(slot.to_le_bytes())))).unwrap();
+    u32::from_le_bytes(bpftool_bytes(&v["value"])[..4].try_into().unwrap())
+}
+
+/// Writes ONC_GENS[slot] = gen on `h`, behind the daemon's back.
+pub fn set_gen_in_slot(h: &Host, slot: u32, gen: u32) {
+    let pin = h.bpf_dir.join(oncache::fastpath::MAPS_DIR).join(oncache_common::MAP_GENS);
+    h.sh(&format!("bpftool map update pinned {} key {} value {}", pin.display(), hex_bytes(slot.to_le_bytes()), hex_bytes(gen.to_le_bytes())));
+}
+
 /// Creates network `net` (64 hex) with VNI `vni` and IPv4 pool `pool` through the plugin API.
 pub fn create_network_api(h: &Host, net: &str, vni: u32, pool: &str) {
     let body = json!({"NetworkID": net, "Options": {"com.docker.network.generic": {"oncache.vni": vni.to_string()}},

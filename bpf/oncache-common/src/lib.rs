@@ -29,8 +29,9 @@ pub const MAP_OUTER: &str = "ONC_OUTER";
 pub const MAP_INGRESS: &str = "ONC_INGRESS";
 pub const MAP_FILTER: &str = "ONC_FILTER";
 pub const MAP_STATS: &str = "ONC_STATS";
-pub const MAPS: [&str; 8] =
-    [MAP_CONFIG, MAP_ENDPOINTS, MAP_NETWORKS, MAP_EGRESS, MAP_OUTER, MAP_INGRESS, MAP_FILTER, MAP_STATS];
+pub const MAP_GENS: &str = "ONC_GENS";
+pub const MAPS: [&str; 9] =
+    [MAP_CONFIG, MAP_ENDPOINTS, MAP_NETWORKS, MAP_EGRESS, MAP_OUTER, MAP_INGRESS, MAP_FILTER, MAP_STATS, MAP_GENS];
 
 // Program names (the functions' names in the object) and where each attaches.
 /// Host-side veth, tc ingress: packets leaving a container.
@@ -97,7 +98,15 @@ pub struct EgressEntry {
     /// Changes whenever the entry is written anew: flows admitted under another generation
     /// are not admitted under this one (see [`FlowState`]).
     pub gen: u32,
+    /// This entry's index in ONC_GENS, which holds `gen` while the entry exists (0 once it is
+    /// gone): the fast path checks a flow's egress generation there, an array read the
+    /// verifier inlines, instead of looking this entry up by hash.
+    pub slot: u32,
 }
+
+/// ONC_GENS: slot (u32, [`EgressEntry::slot`]) → the current generation of the ONC_EGRESS
+/// entry holding that slot, or 0 when no entry holds it.
+pub const MAX_GEN_SLOTS: u32 = MAX_EGRESS;
 
 /// ONC_OUTER: remote VTEP ([u8; 4]) → the outer header the slow path built towards it.
 #[repr(C)]
@@ -165,6 +174,13 @@ pub struct FlowState {
     /// learned with [`FLOW_EGRESS`]: the egress program finds everything it sends with in the
     /// entry that admits the flow, one map lookup fewer per packet.
     pub outer: OuterHeader,
+    /// The remote container's ONC_EGRESS entry as the flow was admitted under it (its
+    /// ONC_GENS slot and MAC; `egress_gen` and `vtep` are its generation and host), learned
+    /// with [`FLOW_EGRESS`]. While ONC_GENS[slot] is `egress_gen` the entry is unchanged, so
+    /// the fast path checks MAC and host here, without looking the entry up.
+    pub egress_slot: u32,
+    pub remote_mac: [u8; 6],
+    pub _pad2: [u8; 2],
 }
 
 pub const FLOW_EGRESS: u32 = 1;
@@ -233,10 +249,10 @@ mod tests {
         assert_eq!(size_of::<Config>(), 16);
         assert_eq!(size_of::<EndpointInfo>(), 20);
         assert_eq!(size_of::<VniIp>(), 8);
-        assert_eq!(size_of::<EgressEntry>(), 16);
+        assert_eq!(size_of::<EgressEntry>(), 20);
         assert_eq!(size_of::<OuterHeader>(), 24);
         assert_eq!(size_of::<IngressEntry>(), 16);
-        assert_eq!(size_of::<FlowState>(), 44);
+        assert_eq!(size_of::<FlowState>(), 56);
         assert_eq!(size_of::<FlowKey>(), 20);
         assert_eq!(stat_index(Program::IngressLearn, Counter::Rejected), STATS_LEN - 1);
     }

@@ -31,7 +31,8 @@ use aya_ebpf::{
 use oncache_common::{
     stat_index, Config, Counter, EgressEntry, EndpointInfo, FlowKey, FlowState, IngressEntry,
     OuterHeader, Program, VniIp, ENCAP_LEN, FLOW_BOTH, FLOW_EGRESS, FLOW_INGRESS, MAX_EGRESS,
-    MAX_ENDPOINTS, MAX_FLOWS, MAX_INGRESS, MAX_NETWORKS, MAX_OUTER, OUTER_L3_OVERHEAD, STATS_LEN,
+    MAX_ENDPOINTS, MAX_FLOWS, MAX_GEN_SLOTS, MAX_INGRESS, MAX_NETWORKS, MAX_OUTER, OUTER_L3_OVERHEAD,
+    STATS_LEN,
 };
 use packet::{parse_flow, parse_vxlan, Encap, EncapParams, Flow, ETH_LEN, INNER_OFF};
 
@@ -52,6 +53,8 @@ static ONC_INGRESS: HashMap<VniIp, IngressEntry> = HashMap::with_max_entries(MAX
 static ONC_FILTER: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 #[map]
 static ONC_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+#[map]
+static ONC_GENS: Array<u32> = Array::with_max_entries(MAX_GEN_SLOTS, 0);
 
 // The type of the TC_ACT_* bindings differs between architectures.
 #[allow(clippy::unnecessary_cast)]
@@ -119,23 +122,13 @@ fn egress_fast(ctx: &TcContext) -> i32 {
     if flow.starts_or_ends() {
         return invalidate(P, &key);
     }
-    let Some(eg) = (unsafe {
-        ONC_EGRESS.get(VniIp {
-            vni: ep.vni,
-            ip: flow.ip.dst,
-        })
-    }) else {
+    // The flow's entry carries the remote container's MAC and host, the outer header and the
+    // port it was admitted with, all current while its generations are: no ONC_EGRESS or
+    // ONC_OUTER lookup here.
+    let Some(admission) = admitted(&key, ep.gen) else {
         return count(P, Counter::Miss);
     };
-    if !same(&flow.eth.dst, &eg.mac) {
-        return count(P, Counter::Miss);
-    }
-    // The flow's entry carries the outer header and port it was admitted with (towards the
-    // host the egress entry names under this generation): no ONC_OUTER lookup here.
-    let Some(admission) = admitted(&key, eg.gen, ep.gen) else {
-        return count(P, Counter::Miss);
-    };
-    if !same(&admission.vtep, &eg.vtep) {
+    if !same(&flow.eth.dst, &admission.remote_mac) {
         return count(P, Counter::Miss);
     }
     let outer = &admission.outer;
@@ -157,7 +150,7 @@ fn egress_fast(ctx: &TcContext) -> i32 {
         tos: outer.tos | (flow.ip.tos & 0x3), // RFC 6040: copy ECN outwards
         ttl: outer.ttl,
         src: outer.src,
-        dst: eg.vtep,
+        dst: admission.vtep,
         sport: admission.sport,
         vni: ep.vni,
         frame_len: len + ENCAP_LEN,
@@ -210,24 +203,22 @@ fn ingress_fast(ctx: &TcContext) -> i32 {
     if !same(&inner.eth.dst, &ing.mac) {
         return count(P, Counter::Miss);
     }
-    // A host may only deliver for the containers it hosts (as the control plane says).
-    let Some(eg) = (unsafe {
-        ONC_EGRESS.get(VniIp {
-            vni,
-            ip: inner.ip.src,
-        })
-    }) else {
-        return count(P, Counter::Miss);
-    };
-    if !same(&eg.vtep, &outer.ip.src) || !same(&eg.mac, &inner.eth.src) {
-        return count(P, Counter::Rejected);
-    }
     let key = incoming_flow_key(vni, &inner);
     if inner.starts_or_ends() {
+        // Only the host the control plane names for the sender may end its flows.
+        if !sent_from_its_host(vni, &inner, &outer) {
+            return count(P, Counter::Rejected);
+        }
         return invalidate(P, &key);
     }
-    if admitted(&key, eg.gen, ing.gen).is_none() {
+    let Some(admission) = admitted(&key, ing.gen) else {
         return count(P, Counter::Miss);
+    };
+    // A host may only deliver for the containers it hosts (as the control plane says): the
+    // flow was admitted under the remote container's current egress entry, whose host and MAC
+    // it carries.
+    if !same(&admission.vtep, &outer.ip.src) || !same(&admission.remote_mac, &inner.eth.src) {
+        return count(P, Counter::Rejected);
     }
     // RFC 6040: congestion marked on the underlay (outer CE) must reach the receiver. A
     // Not-ECT inner packet with outer CE is the kernel's to drop: slow path.
@@ -297,7 +288,7 @@ fn egress_learn(ctx: &TcContext) {
     // ONC_OUTER keeps the host's header for `oncache cache` and for invalidation by next hop;
     // the flow's entry gets its own copy, which the egress program uses.
     let mut changed = put_if_changed(&ONC_OUTER, &outer.ip.dst, &header);
-    changed |= admit_egress(&key, eg.gen, outer.sport, outer.ip.dst, &header);
+    changed |= admit_egress(&key, eg, outer.sport, &header);
     if changed {
         count(Program::EgressLearn, Counter::Learned);
     }
@@ -395,19 +386,32 @@ fn fast_path_network(vni: u32) -> bool {
 }
 
 /// The flow's state if the slow path admitted it in both directions, under the current
-/// generations of the remote container's egress entry and the local container's delivery entry.
+/// generations of the local container's delivery entry (`ingress_gen`, from the entry the
+/// caller holds) and of the remote container's egress entry (in ONC_GENS, by the slot the flow
+/// names).
 #[inline(always)]
-fn admitted(key: &FlowKey, egress_gen: u32, ingress_gen: u32) -> Option<&'static FlowState> {
+fn admitted(key: &FlowKey, ingress_gen: u32) -> Option<&'static FlowState> {
     let f = unsafe { ONC_FILTER.get(key) }?;
-    if f.bits & FLOW_BOTH == FLOW_BOTH && f.egress_gen == egress_gen && f.ingress_gen == ingress_gen {
-        Some(f)
-    } else {
-        None
+    if f.bits & FLOW_BOTH != FLOW_BOTH || f.ingress_gen != ingress_gen {
+        return None;
+    }
+    let current = ONC_GENS.get(f.egress_slot)?;
+    if *current == f.egress_gen { Some(f) } else { None }
+}
+
+/// Whether the control plane names the outer source as the host of the inner source, with
+/// its MAC: checked by lookup for the packets that end a flow's admission (rare), where no
+/// admitted flow vouches for the sender.
+#[inline(always)]
+fn sent_from_its_host(vni: u32, inner: &Flow, outer: &packet::Vxlan) -> bool {
+    match unsafe { ONC_EGRESS.get(VniIp { vni, ip: inner.ip.src }) } {
+        Some(eg) => same(&eg.vtep, &outer.ip.src) && same(&eg.mac, &inner.eth.src),
+        None => false,
     }
 }
 
-/// Records that the slow path admitted the flow outwards under generation `gen` of the remote
-/// container's egress entry, with the outer header and source port it built (the kernel may
+/// Records that the slow path admitted the flow outwards under the remote container's egress
+/// entry `eg` as it is now, with the outer header and source port it built (the kernel may
 /// pick another port for a flow later, e.g. a TCP socket's rehash after a timeout). The entry
 /// is replaced whole, never written in place, so the egress program never reads a half-written
 /// header. Returns whether anything changed.
@@ -417,19 +421,28 @@ fn admitted(key: &FlowKey, egress_gen: u32, ingress_gen: u32) -> Option<&'static
 /// only delaying the fast path by a packet. Correctness never depends on it: a stale generation
 /// never admits.
 #[inline(always)]
-fn admit_egress(key: &FlowKey, gen: u32, sport: u16, vtep: [u8; 4], header: &OuterHeader) -> bool {
+fn admit_egress(key: &FlowKey, eg: &EgressEntry, sport: u16, header: &OuterHeader) -> bool {
     let mut st: FlowState = match unsafe { ONC_FILTER.get(key) } {
         Some(cur) => *cur,
         // All zeroes: an aligned fill, as in flow_key.
         None => unsafe { core::mem::zeroed() },
     };
-    if st.bits & FLOW_EGRESS != 0 && st.egress_gen == gen && st.sport == sport && same(&st.vtep, &vtep) && same(&st.outer, header) {
+    if st.bits & FLOW_EGRESS != 0
+        && st.egress_gen == eg.gen
+        && st.egress_slot == eg.slot
+        && st.sport == sport
+        && same(&st.vtep, &eg.vtep)
+        && same(&st.remote_mac, &eg.mac)
+        && same(&st.outer, header)
+    {
         return false;
     }
     st.bits |= FLOW_EGRESS;
-    st.egress_gen = gen;
+    st.egress_gen = eg.gen;
+    st.egress_slot = eg.slot;
     st.sport = sport;
-    st.vtep = vtep;
+    st.vtep = eg.vtep;
+    st.remote_mac = eg.mac;
     st.outer = *header;
     ONC_FILTER.insert(key, &st, 0).is_ok()
 }

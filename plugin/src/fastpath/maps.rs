@@ -17,6 +17,9 @@ pub struct Maps {
     ingress: Map,
     filter: Map,
     stats: Map,
+    gens: Map,
+    /// ONC_GENS slots no ONC_EGRESS entry holds, lowest last (taken first).
+    free_slots: Vec<u32>,
 }
 
 fn hash<K: aya::Pod, V: aya::Pod>(m: &mut Map) -> Result<HashMap<&mut MapData, K, V>> {
@@ -59,9 +62,12 @@ pub fn new_gen() -> u32 {
 }
 
 impl Maps {
+    /// Takes the object's maps (pinned ones are whatever an earlier daemon left) and makes
+    /// ONC_GENS agree with ONC_EGRESS, which a daemon killed between the two writes of
+    /// [`Maps::set_remote`] or [`Maps::drop_egress`] leaves apart.
     pub fn take(ebpf: &mut Ebpf) -> Result<Maps> {
         let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"));
-        Ok(Maps {
+        let mut m = Maps {
             config: take(c::MAP_CONFIG)?,
             endpoints: take(c::MAP_ENDPOINTS)?,
             networks: take(c::MAP_NETWORKS)?,
@@ -70,7 +76,83 @@ impl Maps {
             ingress: take(c::MAP_INGRESS)?,
             filter: take(c::MAP_FILTER)?,
             stats: take(c::MAP_STATS)?,
-        })
+            gens: take(c::MAP_GENS)?,
+            free_slots: Vec::new(),
+        };
+        m.reconcile_slots()?;
+        Ok(m)
+    }
+
+    fn gens(&mut self) -> Result<Array<&mut MapData, u32>> {
+        Array::try_from(&mut self.gens).map_err(|e| anyhow!("{e}"))
+    }
+
+    /// Every ONC_EGRESS entry gets a slot of its own whose ONC_GENS value is its generation;
+    /// an entry without one (out of range, or another's) is written anew with a new slot and
+    /// generation. Slots no entry holds become free. A free slot may still hold a generation
+    /// (the daemon died after writing it, before the entry): no flow names it, since flows
+    /// learn slot and generation from an entry, and a new entry there gets a new generation.
+    fn reconcile_slots(&mut self) -> Result<()> {
+        let mut held = vec![false; c::MAX_GEN_SLOTS as usize];
+        let mut homeless = Vec::new();
+        for (k, v) in entries::<c::VniIp, c::EgressEntry>(&mut self.egress)? {
+            match held.get_mut(v.slot as usize) {
+                Some(h) if !*h => {
+                    *h = true;
+                    let mut g = self.gens()?;
+                    if g.get(&v.slot, 0)? != v.gen {
+                        g.set(v.slot, v.gen, 0).context("writing ONC_GENS")?;
+                    }
+                }
+                _ => homeless.push((k, v)),
+            }
+        }
+        self.free_slots = (0..c::MAX_GEN_SLOTS).rev().filter(|s| !held[*s as usize]).collect();
+        for (k, v) in homeless {
+            log::warn!("egress entry for {} had no slot of its own; giving it one", ip(k.ip));
+            self.write_egress(k, v.vtep, v.mac, None)?;
+        }
+        Ok(())
+    }
+
+    /// Writes ONC_EGRESS[key] with a new generation, in its slot `slot` or a free one. The
+    /// generation goes into ONC_GENS first: from then on no flow admitted under the entry's
+    /// old generation is, and a learner that read the old entry can only admit under that.
+    fn write_egress(&mut self, key: c::VniIp, vtep: [u8; 4], mac: [u8; 6], slot: Option<u32>) -> Result<()> {
+        let slot = match slot {
+            Some(s) => s,
+            None => self.free_slots.pop().ok_or_else(|| anyhow!("no free ONC_GENS slot for {} (ONC_EGRESS full)", ip(key.ip)))?,
+        };
+        let e = c::EgressEntry { vtep, mac, _pad: [0; 2], gen: new_gen(), slot };
+        let written = self.gens()?.set(slot, e.gen, 0).context("writing ONC_GENS").and_then(|()| {
+            hash::<c::VniIp, c::EgressEntry>(&mut self.egress)?
+                .insert(key, e, 0)
+                .with_context(|| format!("adding egress entry for {} (ONC_EGRESS full?)", ip(key.ip)))
+        });
+        if written.is_err() {
+            // No entry for the key then, rather than one whose generation the slot lacks.
+            let _ = hash::<c::VniIp, c::EgressEntry>(&mut self.egress)?.remove(&key);
+            let _ = self.gens()?.set(slot, 0, 0);
+            self.free_slots.push(slot);
+        }
+        written
+    }
+
+    /// Removes the ONC_EGRESS entries `doomed` selects; each one's slot is cleared (withdrawing
+    /// its flows at once, whatever a learner does meanwhile) before the entry goes, then freed.
+    fn drop_egress(&mut self, doomed: impl Fn(&c::VniIp, &c::EgressEntry) -> bool) -> Result<usize> {
+        let gone: Vec<(c::VniIp, c::EgressEntry)> =
+            entries::<c::VniIp, c::EgressEntry>(&mut self.egress)?.into_iter().filter(|(k, v)| doomed(k, v)).collect();
+        for (k, v) in &gone {
+            self.gens()?.set(v.slot, 0, 0).context("clearing ONC_GENS")?;
+            // Gone already: fine.
+            let _ = hash::<c::VniIp, c::EgressEntry>(&mut self.egress)?.remove(k);
+            // Each entry holds a slot of its own (reconcile_slots, write_egress).
+            if v.slot < c::MAX_GEN_SLOTS {
+                self.free_slots.push(v.slot);
+            }
+        }
+        Ok(gone.len())
     }
 
     pub fn set_config(&mut self, cfg: c::Config) -> Result<()> {
@@ -100,15 +182,13 @@ impl Maps {
     /// Where a remote container lives, from the control plane. A changed entry gets a new
     /// generation (its flows must be admitted anew); an unchanged one is left alone.
     pub fn set_remote(&mut self, vni: u32, addr: [u8; 4], vtep: [u8; 4], mac: [u8; 6]) -> Result<()> {
-        let mut h = hash::<c::VniIp, c::EgressEntry>(&mut self.egress)?;
         let key = c::VniIp { vni, ip: addr };
-        if let Ok(cur) = h.get(&key, 0) {
-            if cur.vtep == vtep && cur.mac == mac {
-                return Ok(());
-            }
-        }
-        let e = c::EgressEntry { vtep, mac, _pad: [0; 2], gen: new_gen() };
-        h.insert(key, e, 0).with_context(|| format!("adding egress entry for {} (ONC_EGRESS full?)", ip(addr)))
+        let slot = match hash::<c::VniIp, c::EgressEntry>(&mut self.egress)?.get(&key, 0) {
+            Ok(cur) if cur.vtep == vtep && cur.mac == mac => return Ok(()),
+            Ok(cur) => Some(cur.slot),
+            Err(_) => None,
+        };
+        self.write_egress(key, vtep, mac, slot)
     }
 
     pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<()> {
@@ -142,7 +222,7 @@ impl Maps {
     /// A network is gone: nothing learned in it may be used again.
     pub fn remove_network(&mut self, vni: u32) -> Result<usize> {
         remove_where::<u32, u32>(&mut self.networks, |k, _| *k == vni)?;
-        Ok(remove_where::<c::VniIp, c::EgressEntry>(&mut self.egress, |k, _| k.vni == vni)?
+        Ok(self.drop_egress(|k, _| k.vni == vni)?
             + remove_where::<c::VniIp, c::IngressEntry>(&mut self.ingress, |k, _| k.vni == vni)?
             + remove_where::<c::FlowKey, c::FlowState>(&mut self.filter, |k, _| k.vni == vni)?
             + remove_where::<u32, c::EndpointInfo>(&mut self.endpoints, |_, v| v.vni == vni)?)
@@ -157,7 +237,7 @@ impl Maps {
 
     /// A remote container left or moved: where it was, and flows with it, go.
     pub fn forget_remote(&mut self, vni: u32, addr: [u8; 4]) -> Result<usize> {
-        Ok(remove_where::<c::VniIp, c::EgressEntry>(&mut self.egress, |k, _| k.vni == vni && k.ip == addr)?
+        Ok(self.drop_egress(|k, _| k.vni == vni && k.ip == addr)?
             + remove_where::<c::FlowKey, c::FlowState>(&mut self.filter, |k, _| k.vni == vni && k.remote_ip == addr)?)
     }
 

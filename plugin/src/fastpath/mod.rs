@@ -108,7 +108,8 @@ const ENDPOINT_PROGRAMS: [(&str, Hook); 2] = [(c::PROG_EGRESS_FAST, Hook::Ingres
 /// changes, so that a new daemon never loads against maps of an older layout (their programs
 /// keep them alive until they are replaced; then the old folder is removed).
 /// v3: ONC_FILTER values carry the flow's outer source port, host and header.
-pub const MAPS_DIR: &str = "maps-v3";
+/// v4: ONC_EGRESS entries hold a slot in the new ONC_GENS; flows carry it and the remote MAC.
+pub const MAPS_DIR: &str = "maps-v4";
 
 fn pin_dirs(dir: &Path) -> [PathBuf; 3] {
     [dir.join(MAPS_DIR), dir.join("progs"), dir.join("links")]

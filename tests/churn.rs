@@ -276,13 +276,6 @@ fn docker_endpoints(h: &Host) -> std::collections::BTreeMap<String, Ipv4Addr> {
         .unwrap_or_default()
 }
 
-fn bpftool_entries(h: &Host, map: &str) -> Result<usize, String> {
-    let pin = h.bpf_dir.join(oncache::fastpath::MAPS_DIR).join(map);
-    let out = h.try_sh(&format!("bpftool -j map dump pinned {}", pin.display()))?;
-    let v: Value = serde_json::from_str(&out).map_err(|e| format!("bpftool {map}: {e}"))?;
-    Ok(v.as_array().map_or(0, |a| a.len()))
-}
-
 /// Every disagreement between dockerd, oncache's records and the kernel on host `i` (and what
 /// host `i` holds of the other host's endpoints).
 fn problems(lab: &Lab, i: usize, containers_left: usize) -> Vec<String> {
@@ -339,7 +332,7 @@ fn problems(lab: &Lab, i: usize, containers_left: usize) -> Vec<String> {
         p.push(format!("oncache filters per veth {per_veth:?}, expected 2 on each of {veths:?}"));
     }
     for map in [oncache_common::MAP_ENDPOINTS, oncache_common::MAP_INGRESS] {
-        match bpftool_entries(h, map) {
+        match map_entries(h, map).map(|e| e.len()) {
             Ok(n) if n == want.len() => {}
             Ok(n) => p.push(format!("{map} has {n} entries, expected {}", want.len())),
             Err(e) => p.push(e),

@@ -135,17 +135,22 @@ fn hex_bytes(b: [u8; 4]) -> String {
     b.iter().map(|x| format!("0x{x:02x}")).collect::<Vec<_>>().join(" ")
 }
 
-/// The raw entries of one of `h`'s pinned fast-path maps, as bpftool dumps them.
-fn map_dump(h: &Host, map: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// A map's entries as raw bytes: (key, value).
+pub type RawEntries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The entries of one of `h`'s pinned fast-path maps, as bpftool dumps them.
+pub fn map_entries(h: &Host, map: &str) -> Result<RawEntries, String> {
     let pin = h.bpf_dir.join(oncache::fastpath::MAPS_DIR).join(map);
-    let v: Value = serde_json::from_str(&h.sh(&format!("bpftool -j map dump pinned {}", pin.display()))).unwrap();
-    v.as_array().unwrap().iter().map(|e| (bpftool_bytes(&e["key"]), bpftool_bytes(&e["value"]))).collect()
+    let out = h.try_sh(&format!("bpftool -j map dump pinned {}", pin.display()))?;
+    let v: Value = serde_json::from_str(&out).map_err(|e| format!("bpftool {map}: {e}"))?;
+    Ok(v.as_array().map_or(Vec::new(), |a| a.iter().map(|e| (bpftool_bytes(&e["key"]), bpftool_bytes(&e["value"]))).collect()))
 }
 
 /// The ONC_GENS slot and the generation of `h`'s ONC_EGRESS entry for `ip` in network `vni`.
 pub fn egress_slot_and_gen(h: &Host, vni: u32, ip: std::net::Ipv4Addr) -> (u32, u32) {
     let key: Vec<u8> = vni.to_le_bytes().into_iter().chain(ip.octets()).collect();
-    let (_, v) = map_dump(h, oncache_common::MAP_EGRESS)
+    let (_, v) = map_entries(h, oncache_common::MAP_EGRESS)
+        .unwrap_or_else(|e| panic!("{}: {e}", h.name))
         .into_iter()
         .find(|(k, _)| *k == key)
         .unwrap_or_else(|| panic!("{}: no egress entry for {ip} (VNI {vni})", h.name));

@@ -104,20 +104,27 @@ pub fn table(o: &Opts, testbed: &str, results: &[Vec<Vec<f64>>], hits: &[u64]) -
     let [bare, bare_mtu, bare_ctr, overlay, slow, fast] = [Config::Bare, Config::BareMtu, Config::BareCtr, Config::Overlay, Config::Slow, Config::Fast].map(at);
     for mi in measured(results) {
         let (name, unit) = METRICS[mi];
-        let cells: Vec<_> = (0..CONFIGS.len()).map(|ci| median(&results[ci][mi])).collect();
+        // A configuration this run did not measure (--targets) has no rounds: "–".
+        let cells: Vec<_> = (0..CONFIGS.len()).map(|ci| (!results[ci][mi].is_empty()).then(|| median(&results[ci][mi]))).collect();
         write!(t, "| {name} ({unit}) |").unwrap();
-        for (m, lo, hi) in &cells {
-            write!(t, " {m:.2} ({lo:.2}–{hi:.2}) |").unwrap();
+        for cell in &cells {
+            match cell {
+                Some((m, lo, hi)) => write!(t, " {m:.2} ({lo:.2}–{hi:.2}) |").unwrap(),
+                None => write!(t, " – |").unwrap(),
+            }
         }
-        let f = cells[fast].0;
-        let per_round_cell = |ci: usize| {
-            let (m, lo, hi) = median(&per_round(results, ci, mi));
-            format!("{m:.2} ({lo:.2}–{hi:.2})")
+        let f = cells[fast].map_or(f64::NAN, |c| c.0);
+        let per_round_cell = |ci: usize| match cells[ci] {
+            Some(_) => {
+                let (m, lo, hi) = median(&per_round(results, ci, mi));
+                format!("{m:.2} ({lo:.2}–{hi:.2})")
+            }
+            None => "–".to_string(),
         };
-        let over = |ci: usize| f / cells[ci].0;
+        let over = |ci: usize| cells[ci].map_or("–".to_string(), |c| format!("{:.2}", f / c.0));
         writeln!(
             t,
-            " {:.2} | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} |",
+            " {} | {} | {} | {} | {} | {} | {} |",
             over(bare),
             per_round_cell(bare),
             over(bare_mtu),
@@ -182,7 +189,7 @@ fn chart(heading: &str, results: &[Vec<Vec<f64>>]) -> String {
         let y = 60.0 + row * ri as f64;
         write!(s, "<text x='10' y='{}'>{}</text>", y + row / 2.0, METRICS[mi].0).unwrap();
         let bare = median(&results[at(Config::Bare)][mi]).0.max(1e-9);
-        for (ci, color) in colors.iter().enumerate() {
+        for (ci, color) in colors.iter().enumerate().filter(|(ci, _)| !results[*ci][mi].is_empty()) {
             let r = (median(&results[ci][mi]).0 / bare).min(2.0);
             write!(s, "<rect x='{left}' y='{}' width='{:.1}' height='{:.1}' fill='{color}'/>", y + ci as f64 * bar, r * scale, bar - 1.0).unwrap();
         }

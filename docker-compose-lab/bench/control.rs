@@ -15,7 +15,9 @@
 //!    of its own, as dockerd does), then left and deleted. p50/p99 of each call, and
 //!    Join's median per tenth of N: flat means no call does work in proportion to the endpoints
 //!    there are. Then Join's steps per tenth as the daemon timed them (its log): creating the
-//!    veth pair as a bridge port (the kernel's request), the fast path, the rest.
+//!    veth pair as a bridge port (the kernel's request), the fast path, the rest; and next to
+//!    them the same kernel request without oncache (`ip link add … master`, as many times, in a
+//!    namespace of the bench's own).
 //!
 //! Prints markdown and writes it to docker-compose-lab/results/control-latest.md. Asserts no
 //! speed. `--short` (3 runs, 50 endpoints, nothing written) is what the test command runs.
@@ -98,6 +100,35 @@ impl Drop for Sandboxes {
             let _ = std::process::Command::new("ip").args(["netns", "del", n]).status();
         }
     }
+}
+
+/// What the kernel takes, without oncache, to add `n` veth pairs one after another as ports of a
+/// bridge (forward delay 0, as oncache makes them), in a namespace of the bench's own: the mean
+/// per pair (ms) in each tenth, one `ip -batch` per tenth.
+fn kernel_alone(suffix: &str, n: usize, tenth: usize) -> Vec<String> {
+    let ns = format!("oc{suffix}kern");
+    let ip = |args: &[&str]| {
+        let ok = std::process::Command::new("ip").args(args).status().is_ok_and(|s| s.success());
+        assert!(ok, "ip {}", args.join(" "));
+    };
+    ip(&["netns", "add", &ns]);
+    let _gone = Sandboxes(vec![ns.clone()]);
+    ip(&["-n", &ns, "link", "add", "br0", "type", "bridge", "forward_delay", "0"]);
+    ip(&["-n", &ns, "link", "set", "br0", "up"]);
+    (0..n)
+        .collect::<Vec<_>>()
+        .chunks(tenth)
+        .map(|ks| {
+            let batch: String = ks.iter().map(|k| format!("link add h{k} mtu 1450 master br0 type veth peer name p{k}\n")).collect();
+            let file = std::env::temp_dir().join(format!("{ns}.batch"));
+            std::fs::write(&file, batch).unwrap();
+            let t = Instant::now();
+            ip(&["-n", &ns, "-batch", file.to_str().unwrap()]);
+            let mean = t.elapsed().as_secs_f64() * 1000.0 / ks.len() as f64;
+            let _ = std::fs::remove_file(&file);
+            format!("{mean:.2}")
+        })
+        .collect()
 }
 
 fn main() {
@@ -208,6 +239,9 @@ fn main() {
             let t: Vec<String> = v.chunks(tenth).map(|c| format!("{:.2}", quantile(c, 0.5))).collect();
             writeln!(md, "| {what} | {} |", t.join(" | ")).unwrap();
         }
+        let alone = kernel_alone(&lab.suffix(), o.endpoints, tenth);
+        writeln!(md, "| the kernel alone: `ip link add … master BRIDGE type veth`, mean per tenth | {} |", alone.join(" | ")).unwrap();
+        writeln!(md, "\nThe last row is the same request without oncache: as many veth pairs added one after another as ports of a bridge of their own, in a namespace of the bench's own (`ip -batch`, one batch per tenth).").unwrap();
     } else {
         writeln!(md, "\n(The daemon's log timed {} of the {} Joins: no step breakdown.)", steps.len(), o.endpoints).unwrap();
     }

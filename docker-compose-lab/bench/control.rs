@@ -239,7 +239,7 @@ fn main() {
             let t: Vec<String> = v.chunks(tenth).map(|c| format!("{:.2}", quantile(c, 0.5))).collect();
             writeln!(md, "| {what} | {} |", t.join(" | ")).unwrap();
         }
-        let alone = kernel_alone(&lab.suffix(), o.endpoints, tenth);
+        let alone = kernel_alone(lab.suffix(), o.endpoints, tenth);
         writeln!(md, "| the kernel alone: `ip link add … master BRIDGE type veth`, mean per tenth | {} |", alone.join(" | ")).unwrap();
         writeln!(md, "\nThe last row is the same request without oncache: as many veth pairs added one after another as ports of a bridge of their own, in a namespace of the bench's own (`ip -batch`, one batch per tenth).").unwrap();
     } else {

@@ -102,15 +102,17 @@ impl Drop for Sandboxes {
     }
 }
 
+/// Runs `ip ARGS`; panics unless it succeeds.
+fn ip(args: &[&str]) {
+    let ok = std::process::Command::new("ip").args(args).status().is_ok_and(|s| s.success());
+    assert!(ok, "ip {}", args.join(" "));
+}
+
 /// What the kernel takes, without oncache, to add `n` veth pairs one after another as ports of a
 /// bridge (forward delay 0, as oncache makes them), in a namespace of the bench's own: the mean
 /// per pair (ms) in each tenth, one `ip -batch` per tenth.
 fn kernel_alone(suffix: &str, n: usize, tenth: usize) -> Vec<String> {
     let ns = format!("oc{suffix}kern");
-    let ip = |args: &[&str]| {
-        let ok = std::process::Command::new("ip").args(args).status().is_ok_and(|s| s.success());
-        assert!(ok, "ip {}", args.join(" "));
-    };
     ip(&["netns", "add", &ns]);
     let _gone = Sandboxes(vec![ns.clone()]);
     ip(&["-n", &ns, "link", "add", "br0", "type", "bridge", "forward_delay", "0"]);
@@ -209,8 +211,7 @@ fn main() {
         let (d, v) = call("Join", json!({"NetworkID": net, "EndpointID": ep(k), "SandboxKey": format!("/run/netns/{name}")}));
         lat[1].push(d);
         let src = v["InterfaceName"]["SrcName"].as_str().expect("Join names the interface").to_string();
-        let ok = std::process::Command::new("ip").args(["netns", "add", &name]).status().is_ok_and(|s| s.success());
-        assert!(ok, "ip netns add {name}");
+        ip(&["netns", "add", &name]);
         sandboxes.0.push(name.clone());
         h.sh(&format!("ip link set {src} netns {name}"));
     }

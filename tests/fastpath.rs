@@ -365,14 +365,17 @@ fn flush_leave_peer_removal_and_network_delete_invalidate() {
     exchange(&client, a, 7004, 100, 100).unwrap();
     assert_fast_both_ways("after the rule was removed", [h0, h1], before, 100);
 
-    // Leave: cb's host forgets its delivery entry and flows; ca's host is told and forgets it,
-    // clearing the generation in its slot (which withdraws the flows admitted under it).
+    // Leave: cb's host forgets its delivery entry at once (which withdraws cb's flows), and
+    // its sweeper removes the flows moments later; ca's host is told and forgets cb, clearing
+    // the generation in its slot (which withdraws the flows admitted under it), then sweeps.
     let (slot_b, _) = egress_slot_and_gen(h0, 100, b);
     h1.docker(&["rm", "-f", "cb"]);
     let bs = b.to_string();
     let c1 = cache(h1);
     assert!(!has_entry(&c1, "ingress", |e| e["ip"] == bs.as_str()), "ingress entry of a removed container: {c1}");
-    assert!(!has_entry(&c1, "filter", |f| f["local"].as_str().unwrap().starts_with(&format!("{bs}:"))), "{c1}");
+    lab::wait_for("cb's host to sweep cb's flows", Duration::from_secs(5), || {
+        (!has_entry(&cache(h1), "filter", |f| f["local"].as_str().unwrap().starts_with(&format!("{bs}:")))).then_some(())
+    });
     lab::wait_for("ca's host to forget cb", Duration::from_secs(5), || {
         let c0 = cache(h0);
         (!has_entry(&c0, "egress", |e| e["ip"] == bs.as_str())

@@ -2,7 +2,7 @@
 //! costs as endpoints accumulate. One host of the namespace lab (tests/lab) with its dockerd and
 //! oncache daemon.
 //!
-//!     cargo bench -p oncache --bench control -- [--runs R] [--endpoints N] [--short] [--out DIR]
+//!     cargo bench -p oncache --bench control -- [--runs R] [--endpoints N] [--flows F] [--short] [--out DIR]
 //!
 //! 1. `docker run --rm --network NET IMAGE true`, the networks interleaved run by run (R runs,
 //!    default 20): `none`, a Docker bridge network, an oncache network with
@@ -18,9 +18,16 @@
 //!    veth pair as a bridge port (the kernel's request), the fast path, the rest; and next to
 //!    them the same kernel request without oncache (`ip link add … master`, as many times, in a
 //!    namespace of the bench's own).
+//! 3. Leave and DeleteEndpoint on a host with many admitted flows: F flows (default 100,000)
+//!    of K endpoints (default 50) entered in ONC_FILTER as the ingress learner records them,
+//!    then the endpoints left and deleted. p50/p99 of each call, and how many of the flows are
+//!    left as the last call returns and once the daemon has removed those of the endpoints that
+//!    went (it does so in the background; at most 5 s is waited): no call should cost in
+//!    proportion to the host's flows, and none of the flows should stay.
 //!
 //! Prints markdown and writes it to docker-compose-lab/results/control-latest.md. Asserts no
-//! speed. `--short` (3 runs, 50 endpoints, nothing written) is what the test command runs.
+//! speed. `--short` (3 runs, 50 endpoints, 1,000 flows, nothing written) is what the test
+//! command runs.
 
 #[path = "../../tests/lab/mod.rs"]
 mod lab;
@@ -33,13 +40,17 @@ use std::time::{Duration, Instant};
 struct Opts {
     runs: usize,
     endpoints: usize,
+    flows: usize,
     out: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: cargo bench -p oncache --bench control -- [--runs R] [--endpoints N] [--short] [--out DIR]";
+const USAGE: &str = "usage: cargo bench -p oncache --bench control -- [--runs R] [--endpoints N] [--flows F] [--short] [--out DIR]";
+
+/// Endpoints whose flows fill ONC_FILTER in part 3.
+const FLOW_ENDPOINTS: usize = 50;
 
 fn opts() -> Opts {
-    let mut o = Opts { runs: 20, endpoints: 1000, out: Some(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../docker-compose-lab/results"))) };
+    let mut o = Opts { runs: 20, endpoints: 1000, flows: 100_000, out: Some(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../docker-compose-lab/results"))) };
     let mut args = std::env::args().skip(1);
     let num = |v: Option<String>, what: &str| -> usize {
         v.and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or_else(|| panic!("{what} wants a positive number\n{USAGE}"))
@@ -48,9 +59,11 @@ fn opts() -> Opts {
         match a.as_str() {
             "--runs" => o.runs = num(args.next(), "--runs"),
             "--endpoints" => o.endpoints = num(args.next(), "--endpoints"),
+            "--flows" => o.flows = num(args.next(), "--flows"),
             "--short" => {
                 o.runs = 3;
                 o.endpoints = 50;
+                o.flows = 1000;
                 o.out = None;
             }
             "--out" => o.out = Some(PathBuf::from(args.next().unwrap_or_else(|| panic!("--out wants a folder\n{USAGE}")))),
@@ -247,6 +260,53 @@ fn main() {
         writeln!(md, "\n(The daemon's log timed {} of the {} Joins: no step breakdown.)", steps.len(), o.endpoints).unwrap();
     }
 
+    // 3. Leave and DeleteEndpoint with many admitted flows on the host.
+    let net = format!("{:0>64}", "c1");
+    call(
+        "CreateNetwork",
+        json!({"NetworkID": net, "Options": {"com.docker.network.generic": {}}, "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.235.0.0/16"}]}),
+    );
+    let ep = |k: usize| format!("{k:0>11x}{:0>52}1", 0);
+    let mut sandboxes = Sandboxes(Vec::new());
+    for k in 0..FLOW_ENDPOINTS {
+        let addr = format!("10.235.0.{}/16", k + 2);
+        call("CreateEndpoint", json!({"NetworkID": net, "EndpointID": ep(k), "Interface": {"Address": addr}}));
+        let name = format!("oc{}f{k}", lab.suffix());
+        let (_, v) = call("Join", json!({"NetworkID": net, "EndpointID": ep(k), "SandboxKey": format!("/run/netns/{name}")}));
+        let src = v["InterfaceName"]["SrcName"].as_str().expect("Join names the interface").to_string();
+        ip(&["netns", "add", &name]);
+        sandboxes.0.push(name.clone());
+        h.sh(&format!("ip link set {src} netns {name}"));
+    }
+    let filter_pin = h.bpf_dir.join(oncache::fastpath::MAPS_DIR).join(oncache_common::MAP_FILTER);
+    let entered = flows::fill(&h.bpf_dir.join(oncache::fastpath::MAPS_DIR), "10.235.", o.flows);
+    let mut lat: [Vec<Duration>; 2] = Default::default();
+    for k in 0..FLOW_ENDPOINTS {
+        lat[0].push(call("Leave", json!({"NetworkID": net, "EndpointID": ep(k)})).0);
+        lat[1].push(call("DeleteEndpoint", json!({"NetworkID": net, "EndpointID": ep(k)})).0);
+    }
+    // The daemon removes the flows of the endpoints that went in the background.
+    let left_at = Instant::now();
+    let left = flows::count(&filter_pin);
+    let mut now = left;
+    while now > 0 && left_at.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+        now = flows::count(&filter_pin);
+    }
+    let gone_in = left_at.elapsed();
+    drop(sandboxes);
+    call("DeleteNetwork", json!({"NetworkID": net}));
+    writeln!(
+        md,
+        "\n{entered} admitted flows of {FLOW_ENDPOINTS} endpoints in ONC_FILTER (as the ingress learner records them), then the endpoints left and deleted:\n"
+    )
+    .unwrap();
+    writeln!(md, "| call | p50 (ms) | p99 (ms) |\n|---|---|---|").unwrap();
+    for (i, m) in ["Leave", "DeleteEndpoint"].iter().enumerate() {
+        writeln!(md, "| {m} | {:.2} | {:.2} |", quantile(&lat[i], 0.5), quantile(&lat[i], 0.99)).unwrap();
+    }
+    writeln!(md, "\nFlows in ONC_FILTER as the last DeleteEndpoint returned: {left}; {now} {:.0} ms later.", gone_in.as_secs_f64() * 1e3).unwrap();
+
     print!("{md}");
     lab.finish();
     if let Some(dir) = o.out {
@@ -254,5 +314,59 @@ fn main() {
         let path = dir.join("control-latest.md");
         std::fs::write(&path, &md).unwrap();
         println!("\nwritten to {}", path.display());
+    }
+}
+
+/// ONC_FILTER as a host with many admitted flows has it, entered from outside the daemon.
+mod flows {
+    use aya::maps::{HashMap, Map, MapData};
+    use oncache_common as c;
+    use std::path::Path;
+
+    fn open(path: &Path) -> Map {
+        let data = MapData::from_pin(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+        Map::from_map_data(data).expect("a pinned map")
+    }
+
+    /// Enters `n` flows, spread over the delivery entries whose address starts with `prefix`
+    /// (local containers), each as the ingress learner records a flow delivered to its
+    /// container under its current generation. Returns how many went in.
+    pub fn fill(maps: &Path, prefix: &str, n: usize) -> usize {
+        let mut ingress = open(&maps.join(c::MAP_INGRESS));
+        let locals: Vec<(c::VniIp, u32)> = HashMap::<_, c::VniIp, c::IngressEntry>::try_from(&mut ingress)
+            .expect("ONC_INGRESS")
+            .iter()
+            .filter_map(|kv| kv.ok())
+            .filter(|(k, _)| std::net::Ipv4Addr::from(k.ip).to_string().starts_with(prefix))
+            .map(|(k, v)| (k, v.gen))
+            .collect();
+        assert!(!locals.is_empty(), "no delivery entries for {prefix}*");
+        let mut filter = open(&maps.join(c::MAP_FILTER));
+        let mut filter = HashMap::<_, c::FlowKey, c::FlowState>::try_from(&mut filter).expect("ONC_FILTER");
+        let mut entered = 0;
+        for i in 0..n {
+            let (local, gen) = locals[i % locals.len()];
+            let j = i / locals.len();
+            let k = c::FlowKey {
+                vni: local.vni,
+                local_ip: local.ip,
+                remote_ip: [10, 236, (j >> 8) as u8, j as u8],
+                local_port: 5201,
+                remote_port: 40000 + (j % 20000) as u16,
+                proto: 6,
+                _pad: [0; 3],
+            };
+            // SAFETY: plain integers and byte arrays; all zeroes is a valid value.
+            let mut v: c::FlowState = unsafe { std::mem::zeroed() };
+            v.bits = c::FLOW_INGRESS;
+            v.ingress_gen = gen;
+            entered += usize::from(filter.insert(k, v, 0).is_ok());
+        }
+        entered
+    }
+
+    pub fn count(filter: &Path) -> usize {
+        let mut m = open(filter);
+        HashMap::<_, c::FlowKey, c::FlowState>::try_from(&mut m).expect("ONC_FILTER").keys().filter_map(|k| k.ok()).count()
     }
 }

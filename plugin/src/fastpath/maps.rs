@@ -7,6 +7,9 @@ use aya::Ebpf;
 use oncache_common as c;
 use serde::Serialize;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use super::sweep;
 
 pub struct Maps {
     config: Map,
@@ -20,6 +23,9 @@ pub struct Maps {
     gens: Map,
     /// ONC_GENS slots no ONC_EGRESS entry holds, lowest last (taken first).
     free_slots: Vec<u32>,
+    /// Raised whenever a change leaves admitted flows dead (withdrawn by generation): the
+    /// sweeper then removes their ONC_FILTER entries, off the request path.
+    dead_flows: Arc<sweep::Signal>,
 }
 
 fn hash<K: aya::Pod, V: aya::Pod>(m: &mut Map) -> Result<HashMap<&mut MapData, K, V>> {
@@ -65,7 +71,7 @@ impl Maps {
     /// Takes the object's maps (pinned ones are whatever an earlier daemon left) and makes
     /// ONC_GENS agree with ONC_EGRESS, which a daemon killed between the two writes of
     /// [`Maps::set_remote`] or [`Maps::drop_egress`] leaves apart.
-    pub fn take(ebpf: &mut Ebpf) -> Result<Maps> {
+    pub fn take(ebpf: &mut Ebpf, dead_flows: Arc<sweep::Signal>) -> Result<Maps> {
         let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"));
         let mut m = Maps {
             config: take(c::MAP_CONFIG)?,
@@ -78,6 +84,7 @@ impl Maps {
             stats: take(c::MAP_STATS)?,
             gens: take(c::MAP_GENS)?,
             free_slots: Vec::new(),
+            dead_flows,
         };
         m.reconcile_slots()?;
         Ok(m)
@@ -119,6 +126,10 @@ impl Maps {
     /// generation goes into ONC_GENS first: from then on no flow admitted under the entry's
     /// old generation is, and a learner that read the old entry can only admit under that.
     fn write_egress(&mut self, key: c::VniIp, vtep: [u8; 4], mac: [u8; 6], slot: Option<u32>) -> Result<()> {
+        // An entry written anew in its slot withdraws the flows admitted under the old one.
+        if slot.is_some() {
+            self.dead_flows.raise();
+        }
         let slot = match slot {
             Some(s) => s,
             None => self.free_slots.pop().ok_or_else(|| anyhow!("no free ONC_GENS slot for {} (ONC_EGRESS full)", ip(key.ip)))?,
@@ -138,21 +149,28 @@ impl Maps {
         written
     }
 
-    /// Removes the ONC_EGRESS entries `doomed` selects; each one's slot is cleared (withdrawing
-    /// its flows at once, whatever a learner does meanwhile) before the entry goes, then freed.
+    /// Removes the ONC_EGRESS entries `doomed` selects (a walk of the table).
     fn drop_egress(&mut self, doomed: impl Fn(&c::VniIp, &c::EgressEntry) -> bool) -> Result<usize> {
         let gone: Vec<(c::VniIp, c::EgressEntry)> =
             entries::<c::VniIp, c::EgressEntry>(&mut self.egress)?.into_iter().filter(|(k, v)| doomed(k, v)).collect();
         for (k, v) in &gone {
-            self.gens()?.set(v.slot, 0, 0).context("clearing ONC_GENS")?;
-            // Gone already: fine.
-            let _ = hash::<c::VniIp, c::EgressEntry>(&mut self.egress)?.remove(k);
-            // Each entry holds a slot of its own (reconcile_slots, write_egress).
-            if v.slot < c::MAX_GEN_SLOTS {
-                self.free_slots.push(v.slot);
-            }
+            self.drop_egress_entry(k, v)?;
         }
         Ok(gone.len())
+    }
+
+    /// Removes ONC_EGRESS entry `k`, which holds `v`: its slot is cleared first (withdrawing its
+    /// flows at once, whatever a learner does meanwhile), then the entry goes and the slot is freed.
+    fn drop_egress_entry(&mut self, k: &c::VniIp, v: &c::EgressEntry) -> Result<()> {
+        self.gens()?.set(v.slot, 0, 0).context("clearing ONC_GENS")?;
+        self.dead_flows.raise();
+        // Gone already: fine.
+        let _ = hash::<c::VniIp, c::EgressEntry>(&mut self.egress)?.remove(k);
+        // Each entry holds a slot of its own (reconcile_slots, write_egress).
+        if v.slot < c::MAX_GEN_SLOTS {
+            self.free_slots.push(v.slot);
+        }
+        Ok(())
     }
 
     pub fn set_config(&mut self, cfg: c::Config) -> Result<()> {
@@ -176,6 +194,10 @@ impl Maps {
         hash::<c::VniIp, c::IngressEntry>(&mut self.ingress)?
             .insert(key, deliver, 0)
             .context("adding the endpoint's delivery entry (ONC_INGRESS full?)")?;
+        // Flows admitted under a generation this endpoint or address had before are dead now.
+        if had.is_some_and(|h| h.gen != ep.gen) || delivered.is_some_and(|d| d.gen != ep.gen) {
+            self.dead_flows.raise();
+        }
         hash::<u32, c::EndpointInfo>(&mut self.endpoints)?.insert(ifindex, ep, 0).context("adding endpoint")
     }
 
@@ -192,7 +214,9 @@ impl Maps {
     }
 
     pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<()> {
-        remove_where::<u32, c::EndpointInfo>(&mut self.endpoints, |k, _| *k == ifindex).map(|_| ())
+        // Gone already: fine.
+        let _ = hash::<u32, c::EndpointInfo>(&mut self.endpoints)?.remove(&ifindex);
+        Ok(())
     }
 
     /// Endpoints whose veth is not in `live` (ifindexes) go, with the delivery entries that
@@ -228,17 +252,27 @@ impl Maps {
             + remove_where::<u32, c::EndpointInfo>(&mut self.endpoints, |_, v| v.vni == vni)?)
     }
 
-    /// A local container left from the veth at `ifindex`: its delivery entry (unless the
-    /// address is delivered to another veth by now) and its flows go.
-    pub fn forget_local(&mut self, vni: u32, addr: [u8; 4], ifindex: u32) -> Result<usize> {
-        Ok(remove_where::<c::VniIp, c::IngressEntry>(&mut self.ingress, |k, v| k.vni == vni && k.ip == addr && v.ifindex == ifindex)?
-            + remove_where::<c::FlowKey, c::FlowState>(&mut self.filter, |k, _| k.vni == vni && k.local_ip == addr)?)
+    /// A local container left from the veth at `ifindex`: its delivery entry goes (unless the
+    /// address is delivered to another veth by now), which withdraws its flows; the sweeper
+    /// removes them. By key: no walk of a table.
+    pub fn forget_local(&mut self, vni: u32, addr: [u8; 4], ifindex: u32) -> Result<()> {
+        let key = c::VniIp { vni, ip: addr };
+        let mut h = hash::<c::VniIp, c::IngressEntry>(&mut self.ingress)?;
+        if h.get(&key, 0).is_ok_and(|v| v.ifindex == ifindex) {
+            let _ = h.remove(&key);
+            self.dead_flows.raise();
+        }
+        Ok(())
     }
 
-    /// A remote container left or moved: where it was, and flows with it, go.
-    pub fn forget_remote(&mut self, vni: u32, addr: [u8; 4]) -> Result<usize> {
-        Ok(self.drop_egress(|k, _| k.vni == vni && k.ip == addr)?
-            + remove_where::<c::FlowKey, c::FlowState>(&mut self.filter, |k, _| k.vni == vni && k.remote_ip == addr)?)
+    /// A remote container left or moved: where it was goes, which withdraws the flows with it;
+    /// the sweeper removes them. By key: no walk of a table.
+    pub fn forget_remote(&mut self, vni: u32, addr: [u8; 4]) -> Result<()> {
+        let key = c::VniIp { vni, ip: addr };
+        if let Ok(v) = hash::<c::VniIp, c::EgressEntry>(&mut self.egress)?.get(&key, 0) {
+            self.drop_egress_entry(&key, &v)?;
+        }
+        Ok(())
     }
 
     /// A peer host is gone: its outer header and every container learned behind it.
@@ -248,11 +282,11 @@ impl Maps {
             .filter(|(_, v)| v.vtep == vtep)
             .map(|(k, _)| k)
             .collect();
-        let mut n = remove_where::<[u8; 4], c::OuterHeader>(&mut self.outer, |k, _| *k == vtep)?;
-        for k in gone {
-            n += self.forget_remote(k.vni, k.ip)?;
+        let n = remove_where::<[u8; 4], c::OuterHeader>(&mut self.outer, |k, _| *k == vtep)?;
+        for k in &gone {
+            self.forget_remote(k.vni, k.ip)?;
         }
-        Ok(n)
+        Ok(n + gone.len())
     }
 
     /// `oncache cache flush`: drops everything learned (admitted flows, outer headers), so

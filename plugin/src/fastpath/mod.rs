@@ -9,6 +9,7 @@
 
 pub mod features;
 pub mod maps;
+pub mod sweep;
 
 use anyhow::{anyhow, Context, Result};
 use aya::programs::links::{FdLink, PinnedLink};
@@ -135,7 +136,7 @@ impl FastPath {
             remove_pin(&pin)?;
             prog.pin(&pin).with_context(|| format!("pinning {name} at {}", pin.display()))?;
         }
-        let mut maps = Maps::take(&mut ebpf)?;
+        let mut maps = Maps::take(&mut ebpf, sweep::spawn(dir.join(MAPS_DIR)))?;
         maps.set_config(cfg)?;
         let mut endpoint_prog_ids = [0; 2];
         for (id, (name, _)) in endpoint_prog_ids.iter_mut().zip(ENDPOINT_PROGRAMS) {

@@ -35,6 +35,13 @@ fn fast_hits(h: &Host) -> u64 {
     counter(&s, "egress_fast", "hits") + counter(&s, "ingress_fast", "hits")
 }
 
+/// The firewall epoch in `h`'s pinned configuration (ONC_CONFIG[0], its fifth word).
+fn firewall_epoch(h: &Host) -> u32 {
+    let e = map_entries(h, oncache_common::MAP_CONFIG).unwrap_or_else(|e| panic!("{}: {e}", h.name));
+    let (_, v) = e.first().unwrap_or_else(|| panic!("{}: no configuration", h.name));
+    u32::from_le_bytes(v[16..20].try_into().unwrap())
+}
+
 /// An endpoint veth's clsact is bound to the shared blocks, and each hook runs exactly one
 /// oncache filter: this daemon's program.
 fn assert_endpoint_programs(h: &Host, veth: &str) {
@@ -65,6 +72,7 @@ fn restart_keeps_fast_traffic(mode: &[&str]) -> Lab {
     exchange(&client, a, 7100, 50, 200).unwrap();
     let ids = [prog_id(lab.host(0), "oncache_ingress_fast"), prog_id(lab.host(1), "oncache_egress_fast")];
     let before = fast_hits(lab.host(0)) + fast_hits(lab.host(1));
+    let epochs = [firewall_epoch(lab.host(0)), firewall_epoch(lab.host(1))];
 
     let runner = std::thread::spawn(move || exchange(&client, a, 7100, 6000, 200).map(|_| client));
     std::thread::sleep(Duration::from_millis(200));
@@ -82,6 +90,8 @@ fn restart_keeps_fast_traffic(mode: &[&str]) -> Lab {
     assert!(mid > before, "no fast-path traffic across the restart");
     exchange(&client, a, 7100, 200, 200).unwrap();
     assert!(fast_hits(h0) + fast_hits(h1) >= mid + 400, "new programs not on the fast path");
+    // A restart keeps the firewall epoch: it withdraws no admitted flow by itself.
+    assert_eq!([firewall_epoch(h0), firewall_epoch(h1)], epochs, "a restart changed the firewall epoch");
     lab
 }
 

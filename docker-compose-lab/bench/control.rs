@@ -334,7 +334,8 @@ mod flows {
 
     /// Enters `n` flows, spread over the delivery entries whose address starts with `prefix`
     /// (local containers), each as the ingress learner records a flow delivered to its
-    /// container under its current generation. Returns how many went in.
+    /// container under its current generation, in the current firewall epoch. Returns how many
+    /// went in.
     pub fn fill(maps: &Path, prefix: &str, n: usize) -> usize {
         let mut ingress = open(&maps.join(c::MAP_INGRESS));
         let locals: Vec<(c::VniIp, u32)> = HashMap::<_, c::VniIp, c::IngressEntry>::try_from(&mut ingress)
@@ -345,6 +346,8 @@ mod flows {
             .map(|(k, v)| (k, v.gen))
             .collect();
         assert!(!locals.is_empty(), "no delivery entries for {prefix}*");
+        let mut config = open(&maps.join(c::MAP_CONFIG));
+        let epoch = aya::maps::Array::<_, c::Config>::try_from(&mut config).expect("ONC_CONFIG").get(&0, 0).expect("the configuration").epoch;
         let mut filter = open(&maps.join(c::MAP_FILTER));
         let mut filter = HashMap::<_, c::FlowKey, c::FlowState>::try_from(&mut filter).expect("ONC_FILTER");
         let mut entered = 0;
@@ -364,6 +367,7 @@ mod flows {
             let mut v: c::FlowState = unsafe { std::mem::zeroed() };
             v.bits = c::FLOW_INGRESS;
             v.ingress_gen = gen;
+            v.epoch = epoch;
             entered += usize::from(filter.insert(k, v, 0).is_ok());
         }
         entered

@@ -86,6 +86,8 @@ fn start_fast_path(bpf_dir: &Path, attach: Option<AttachMode>, u: &crate::datapl
         underlay_mtu: u.mtu,
         underlay_ip: u.ip.octets(),
         admit_mark: oncache_common::ADMIT_MARK,
+        // Kept from the pinned configuration, or a new one (Maps::set_config).
+        epoch: 0,
     };
     let mode = attach.unwrap_or_else(AttachMode::detect);
     let fp = FastPath::start(bpf_dir, conf, &u.name, mode)?;

@@ -1011,14 +1011,12 @@ impl Driver {
     }
 
     /// The host's ruleset changed (an nftables commit): admitted flows go back to the slow
-    /// path, to be judged by the new rules. Returns how many flows were withdrawn.
-    pub fn firewall_changed(&mut self) -> Result<usize> {
-        let Some(f) = self.fast.as_mut() else { return Ok(0) };
-        let n = f.maps.forget_flows()?;
-        if n > 0 {
-            log::info!("firewall changed: {n} admitted flows back to the slow path");
-        }
-        Ok(n)
+    /// path, to be judged by the new rules (a new firewall epoch: no walk of the flows).
+    pub fn firewall_changed(&mut self) -> Result<()> {
+        let Some(f) = self.fast.as_mut() else { return Ok(()) };
+        f.maps.withdraw_flows()?;
+        log::debug!("firewall changed: admitted flows back to the slow path");
+        Ok(())
     }
 
     pub fn cache_flush(&mut self) -> Result<usize> {

@@ -59,6 +59,10 @@ pub struct Config {
     pub underlay_mtu: u32,
     pub underlay_ip: [u8; 4],
     pub admit_mark: u32,
+    /// The firewall epoch: a flow is admitted only under the current one. The daemon writes a
+    /// new one when the host's ruleset changes, which withdraws every admitted flow at once
+    /// (each is judged by the new rules before it returns), without walking ONC_FILTER.
+    pub epoch: u32,
 }
 
 /// ONC_ENDPOINTS: host-side veth ifindex (u32) → the endpoint behind it. Written by the daemon
@@ -181,6 +185,9 @@ pub struct FlowState {
     pub egress_slot: u32,
     pub remote_mac: [u8; 6],
     pub _pad2: [u8; 2],
+    /// The firewall epoch ([`Config::epoch`]) both directions were admitted in: a learner
+    /// that finds an entry of an older epoch starts it afresh, with its own direction only.
+    pub epoch: u32,
 }
 
 pub const FLOW_EGRESS: u32 = 1;
@@ -246,13 +253,13 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<Config>(), 16);
+        assert_eq!(size_of::<Config>(), 20);
         assert_eq!(size_of::<EndpointInfo>(), 20);
         assert_eq!(size_of::<VniIp>(), 8);
         assert_eq!(size_of::<EgressEntry>(), 20);
         assert_eq!(size_of::<OuterHeader>(), 24);
         assert_eq!(size_of::<IngressEntry>(), 16);
-        assert_eq!(size_of::<FlowState>(), 56);
+        assert_eq!(size_of::<FlowState>(), 60);
         assert_eq!(size_of::<FlowKey>(), 20);
         assert_eq!(stat_index(Program::IngressLearn, Counter::Rejected), STATS_LEN - 1);
     }

@@ -20,7 +20,7 @@ use aya_ebpf::{
     bindings::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
-        BPF_F_ADJ_ROOM_FIXED_GSO, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT,
+        BPF_F_ADJ_ROOM_FIXED_GSO, BPF_EXIST, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT,
     },
     bpf_f_adj_room_encap_l2,
     helpers::{bpf_check_mtu, bpf_redirect, bpf_redirect_peer},
@@ -125,7 +125,7 @@ fn egress_fast(ctx: &TcContext) -> i32 {
     // The flow's entry carries the remote container's MAC and host, the outer header and the
     // port it was admitted with, all current while its generations are: no ONC_EGRESS or
     // ONC_OUTER lookup here.
-    let Some(admission) = admitted(&key, ep.gen) else {
+    let Some(admission) = admitted(&key, ep.gen, cfg.epoch) else {
         return count(P, Counter::Miss);
     };
     if !same(&flow.eth.dst, &admission.remote_mac) {
@@ -211,7 +211,7 @@ fn ingress_fast(ctx: &TcContext) -> i32 {
         }
         return invalidate(P, &key);
     }
-    let Some(admission) = admitted(&key, ing.gen) else {
+    let Some(admission) = admitted(&key, ing.gen, cfg.epoch) else {
         return count(P, Counter::Miss);
     };
     // A host may only deliver for the containers it hosts (as the control plane says): the
@@ -288,7 +288,7 @@ fn egress_learn(ctx: &TcContext) {
     // ONC_OUTER keeps the host's header for `oncache cache` and for invalidation by next hop;
     // the flow's entry gets its own copy, which the egress program uses.
     let mut changed = put_if_changed(&ONC_OUTER, &outer.ip.dst, &header);
-    changed |= admit_egress(&key, eg, outer.sport, &header);
+    changed |= admit_egress(&key, eg, outer.sport, &header, cfg.epoch);
     if changed {
         count(Program::EgressLearn, Counter::Learned);
     }
@@ -323,7 +323,7 @@ fn ingress_learn(ctx: &TcContext) {
     if ing.ifindex != ifindex || !same(&ing.mac, &flow.eth.dst) {
         return;
     }
-    if admit_ingress(&incoming_flow_key(ep.vni, &flow), ing.gen) {
+    if admit_ingress(&incoming_flow_key(ep.vni, &flow), ing.gen, cfg.epoch) {
         count(Program::IngressLearn, Counter::Learned);
     }
 }
@@ -385,14 +385,14 @@ fn fast_path_network(vni: u32) -> bool {
     unsafe { ONC_NETWORKS.get(vni) }.is_some()
 }
 
-/// The flow's state if the slow path admitted it in both directions, under the current
-/// generations of the local container's delivery entry (`ingress_gen`, from the entry the
-/// caller holds) and of the remote container's egress entry (in ONC_GENS, by the slot the flow
-/// names).
+/// The flow's state if the slow path admitted it in both directions, in the current firewall
+/// epoch, under the current generations of the local container's delivery entry
+/// (`ingress_gen`, from the entry the caller holds) and of the remote container's egress entry
+/// (in ONC_GENS, by the slot the flow names).
 #[inline(always)]
-fn admitted(key: &FlowKey, ingress_gen: u32) -> Option<&'static FlowState> {
+fn admitted(key: &FlowKey, ingress_gen: u32, epoch: u32) -> Option<&'static FlowState> {
     let f = unsafe { ONC_FILTER.get(key) }?;
-    if f.bits & FLOW_BOTH != FLOW_BOTH || f.ingress_gen != ingress_gen {
+    if f.bits & FLOW_BOTH != FLOW_BOTH || f.ingress_gen != ingress_gen || f.epoch != epoch {
         return None;
     }
     let current = ONC_GENS.get(f.egress_slot)?;
@@ -420,13 +420,17 @@ fn sent_from_its_host(vni: u32, inner: &Flow, outer: &packet::Vxlan) -> bool {
 /// on one entry a bit can be lost, and the next admitted packet of that direction sets it again,
 /// only delaying the fast path by a packet. Correctness never depends on it: a stale generation
 /// never admits.
+///
+/// An entry of an older firewall epoch is started afresh: its other direction must be admitted
+/// again under the current rules too.
 #[inline(always)]
-fn admit_egress(key: &FlowKey, eg: &EgressEntry, sport: u16, header: &OuterHeader) -> bool {
+fn admit_egress(key: &FlowKey, eg: &EgressEntry, sport: u16, header: &OuterHeader, epoch: u32) -> bool {
     let mut st: FlowState = match unsafe { ONC_FILTER.get(key) } {
-        Some(cur) => *cur,
+        Some(cur) if cur.epoch == epoch => *cur,
         // All zeroes: an aligned fill, as in flow_key.
-        None => unsafe { core::mem::zeroed() },
+        _ => unsafe { core::mem::zeroed() },
     };
+    st.epoch = epoch;
     if st.bits & FLOW_EGRESS != 0
         && st.egress_gen == eg.gen
         && st.egress_slot == eg.slot
@@ -448,26 +452,34 @@ fn admit_egress(key: &FlowKey, eg: &EgressEntry, sport: u16, header: &OuterHeade
 }
 
 /// Records that the slow path delivered the flow inwards under generation `gen` of the local
-/// container's delivery entry. Writes only the generation and the bit, in place: the outer
-/// header the egress program may be reading at that moment is left alone.
+/// container's delivery entry. An entry of the current firewall epoch gets only the generation
+/// and the bit, in place: the outer header the egress program may be reading at that moment is
+/// left alone. An entry of an older epoch is replaced whole by one with this direction only (its
+/// other direction must be admitted again under the current rules).
 #[inline(always)]
-fn admit_ingress(key: &FlowKey, gen: u32) -> bool {
+fn admit_ingress(key: &FlowKey, gen: u32, epoch: u32) -> bool {
+    let mut replace = false;
     if let Some(v) = ONC_FILTER.get_ptr_mut(key) {
         unsafe {
-            let bits = core::ptr::addr_of_mut!((*v).bits);
-            let have = core::ptr::addr_of_mut!((*v).ingress_gen);
-            if bits.read_volatile() & FLOW_INGRESS != 0 && have.read_volatile() == gen {
-                return false;
+            if core::ptr::addr_of!((*v).epoch).read_volatile() == epoch {
+                let bits = core::ptr::addr_of_mut!((*v).bits);
+                let have = core::ptr::addr_of_mut!((*v).ingress_gen);
+                if bits.read_volatile() & FLOW_INGRESS != 0 && have.read_volatile() == gen {
+                    return false;
+                }
+                have.write_volatile(gen);
+                bits.write_volatile(bits.read_volatile() | FLOW_INGRESS);
+                return true;
             }
-            have.write_volatile(gen);
-            bits.write_volatile(bits.read_volatile() | FLOW_INGRESS);
         }
-        return true;
+        replace = true;
     }
     let mut st: FlowState = unsafe { core::mem::zeroed() };
     st.bits = FLOW_INGRESS;
     st.ingress_gen = gen;
-    ONC_FILTER.insert(key, &st, BPF_NOEXIST as u64).is_ok()
+    st.epoch = epoch;
+    let flags = if replace { BPF_EXIST } else { BPF_NOEXIST };
+    ONC_FILTER.insert(key, &st, flags as u64).is_ok()
 }
 
 /// Sets CE in the inner IPv4 header (still encapsulated), keeping its checksum right.

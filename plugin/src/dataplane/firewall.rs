@@ -123,10 +123,14 @@ fn ensure_zones_chain(tool: &str) -> Result<()> {
 }
 
 /// Makes ONCACHE-ZONES hold exactly one zone rule per network in `zones` (VNI, zone), for IPv4
-/// and IPv6 (at start).
+/// and IPv6 (at start). A chain that holds them already is left alone: every change to the
+/// ruleset withdraws the admitted flows, which a restart must not do.
 pub fn set_zones(zones: &[(u32, u16)]) -> Result<()> {
     for tool in TOOLS {
         ensure_zones_chain(tool)?;
+        if holds_exactly(tool, zones)? {
+            continue;
+        }
         zones_op(tool, "-F", &[])?;
         for (vni, zone) in zones {
             if !zones_op(tool, "-A", &zone_rule(*vni, *zone))? {
@@ -135,6 +139,22 @@ pub fn set_zones(zones: &[(u32, u16)]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether ONCACHE-ZONES holds the zone rules of `zones` and nothing else (checked with `-C`,
+/// which changes nothing, and counted in `-S`).
+fn holds_exactly(tool: &str, zones: &[(u32, u16)]) -> Result<bool> {
+    let out = Command::new(tool).args(["-w", "-t", "raw", "-S", ZONES_CHAIN]).output().with_context(|| format!("running {tool}"))?;
+    let rules = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("-A ")).count();
+    if !out.status.success() || rules != zones.len() {
+        return Ok(false);
+    }
+    for (vni, zone) in zones {
+        if !zones_op(tool, "-C", &zone_rule(*vni, *zone))? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Adds one network's zone rule (idempotent).

@@ -173,9 +173,29 @@ impl Maps {
         Ok(())
     }
 
-    pub fn set_config(&mut self, cfg: c::Config) -> Result<()> {
+    /// Writes the configuration, keeping the firewall epoch a daemon before wrote (a restart
+    /// withdraws no flow); the first gets a new one.
+    pub fn set_config(&mut self, mut cfg: c::Config) -> Result<()> {
         let mut a: Array<&mut MapData, c::Config> = Array::try_from(&mut self.config)?;
+        cfg.epoch = match a.get(&0, 0) {
+            Ok(cur) if cur.epoch != 0 => cur.epoch,
+            _ => new_gen(),
+        };
         a.set(0, cfg, 0).context("writing the fast-path configuration")
+    }
+
+    /// A new firewall epoch: every admitted flow goes back to the slow path at once, to be
+    /// admitted again under the rules as they are now. The sweeper removes the old entries.
+    pub fn withdraw_flows(&mut self) -> Result<()> {
+        let mut a: Array<&mut MapData, c::Config> = Array::try_from(&mut self.config)?;
+        let mut cfg = a.get(&0, 0).context("reading the fast-path configuration")?;
+        let old = cfg.epoch;
+        while cfg.epoch == old {
+            cfg.epoch = new_gen();
+        }
+        a.set(0, cfg, 0).context("writing a new firewall epoch")?;
+        self.dead_flows.raise();
+        Ok(())
     }
 
     /// A local endpoint on the fast path: what its veth may send (ONC_ENDPOINTS) and how to
@@ -295,12 +315,6 @@ impl Maps {
     pub fn flush(&mut self) -> Result<usize> {
         Ok(remove_where::<c::FlowKey, c::FlowState>(&mut self.filter, |_, _| true)?
             + remove_where::<[u8; 4], c::OuterHeader>(&mut self.outer, |_, _| true)?)
-    }
-
-    /// Every flow's admission goes (the outer headers stay): after a firewall change, each
-    /// flow is judged by the slow path's rules again before it returns to the fast path.
-    pub fn forget_flows(&mut self) -> Result<usize> {
-        remove_where::<c::FlowKey, c::FlowState>(&mut self.filter, |_, _| true)
     }
 
     /// Outer headers that `stale(host, next-hop MAC)` selects go (they are learned again from

@@ -110,7 +110,8 @@ const ENDPOINT_PROGRAMS: [(&str, Hook); 2] = [(c::PROG_EGRESS_FAST, Hook::Ingres
 /// keep them alive until they are replaced; then the old folder is removed).
 /// v3: ONC_FILTER values carry the flow's outer source port, host and header.
 /// v4: ONC_EGRESS entries hold a slot in the new ONC_GENS; flows carry it and the remote MAC.
-pub const MAPS_DIR: &str = "maps-v4";
+/// v5: ONC_CONFIG holds the firewall epoch, and flows the epoch they were admitted in.
+pub const MAPS_DIR: &str = "maps-v5";
 
 fn pin_dirs(dir: &Path) -> [PathBuf; 3] {
     [dir.join(MAPS_DIR), dir.join("progs"), dir.join("links")]

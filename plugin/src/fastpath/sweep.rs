@@ -1,8 +1,9 @@
 //! Removes dead admitted flows from ONC_FILTER, in the background.
 //!
 //! A flow is withdrawn the moment one of its entries changes generation or goes (the delivery
-//! entry of its local container, the egress entry of its remote one): the programs compare
-//! generations on every packet, so a withdrawn flow is never used again. Its ONC_FILTER entry
+//! entry of its local container, the egress entry of its remote one), or the firewall epoch
+//! changes: the programs compare generations and epoch on every packet, so a withdrawn flow is
+//! never used again. Its ONC_FILTER entry
 //! is then dead weight. The programs write that table's keys, so finding a container's flows
 //! means walking the whole table: two system calls per flow, up to `MAX_FLOWS` of them. Done on
 //! each Leave or each remote container's departure, that walk made every such call cost as much
@@ -87,8 +88,14 @@ fn open(dir: &Path, name: &str) -> Result<Map> {
 
 /// One walk of ONC_FILTER: removes the flows [`dead`] selects. Returns (removed, walked).
 fn sweep(dir: &Path) -> Result<(usize, usize)> {
-    let (mut networks, mut ingress, mut gens, mut filter) =
-        (open(dir, c::MAP_NETWORKS)?, open(dir, c::MAP_INGRESS)?, open(dir, c::MAP_GENS)?, open(dir, c::MAP_FILTER)?);
+    let (mut config, mut networks, mut ingress, mut gens, mut filter) = (
+        open(dir, c::MAP_CONFIG)?,
+        open(dir, c::MAP_NETWORKS)?,
+        open(dir, c::MAP_INGRESS)?,
+        open(dir, c::MAP_GENS)?,
+        open(dir, c::MAP_FILTER)?,
+    );
+    let epoch = Array::<_, c::Config>::try_from(&mut config)?.get(&0, 0)?.epoch;
     let networks: HashSet<u32> =
         HashMap::<_, u32, u32>::try_from(&mut networks)?.keys().filter_map(|k| k.ok()).collect();
     let delivery: Index<(u32, [u8; 4]), u32> = HashMap::<_, c::VniIp, c::IngressEntry>::try_from(&mut ingress)?
@@ -107,7 +114,7 @@ fn sweep(dir: &Path) -> Result<(usize, usize)> {
     let mut doomed = Vec::new();
     for (k, v) in filter.iter().take(cap).filter_map(|kv| kv.ok()) {
         walked += 1;
-        if dead(&k, &v, &networks, delivery.get(&(k.vni, k.local_ip)).copied(), slot_gen(v.egress_slot)) {
+        if dead(&k, &v, epoch, &networks, delivery.get(&(k.vni, k.local_ip)).copied(), slot_gen(v.egress_slot)) {
             doomed.push(k);
         }
     }
@@ -115,20 +122,20 @@ fn sweep(dir: &Path) -> Result<(usize, usize)> {
     for k in doomed {
         // Judged again as it is now: a learner may have admitted the flow anew meanwhile.
         let Ok(v) = filter.get(&k, 0) else { continue };
-        if dead(&k, &v, &networks, delivery.get(&(k.vni, k.local_ip)).copied(), gens.get(&v.egress_slot, 0).ok()) {
+        if dead(&k, &v, epoch, &networks, delivery.get(&(k.vni, k.local_ip)).copied(), gens.get(&v.egress_slot, 0).ok()) {
             gone += usize::from(filter.remove(&k).is_ok());
         }
     }
     Ok((gone, walked))
 }
 
-/// Whether flow `k` can never be admitted again, given the fast-path networks, the generation
-/// of its local container's delivery entry (None: no such entry) and the generation in the ONC_GENS
-/// slot it names.
-pub fn dead(k: &c::FlowKey, v: &c::FlowState, networks: &HashSet<u32>, delivery_gen: Option<u32>, slot_gen: Option<u32>) -> bool {
+/// Whether flow `k` can never be admitted again, given the firewall epoch, the fast-path
+/// networks, the generation of its local container's delivery entry (None: no such entry) and
+/// the generation in the ONC_GENS slot it names.
+pub fn dead(k: &c::FlowKey, v: &c::FlowState, epoch: u32, networks: &HashSet<u32>, delivery_gen: Option<u32>, slot_gen: Option<u32>) -> bool {
     let local_gone = delivery_gen.is_none() || (v.bits & c::FLOW_INGRESS != 0 && delivery_gen != Some(v.ingress_gen));
     let remote_gone = v.bits & c::FLOW_EGRESS != 0 && slot_gen != Some(v.egress_gen);
-    !networks.contains(&k.vni) || local_gone || remote_gone
+    v.epoch != epoch || !networks.contains(&k.vni) || local_gone || remote_gone
 }
 
 #[cfg(test)]
@@ -143,6 +150,7 @@ mod tests {
         v.ingress_gen = 11;
         v.egress_gen = 22;
         v.egress_slot = 3;
+        v.epoch = 5;
         (k, v)
     }
 
@@ -150,21 +158,22 @@ mod tests {
     fn a_flow_lives_while_both_its_entries_keep_their_generations() {
         let nets = HashSet::from([7]);
         let (k, v) = flow(c::FLOW_BOTH);
-        assert!(!dead(&k, &v, &nets, Some(11), Some(22)));
-        assert!(dead(&k, &v, &nets, Some(12), Some(22)), "local container re-joined");
-        assert!(dead(&k, &v, &nets, None, Some(22)), "local container left");
-        assert!(dead(&k, &v, &nets, Some(11), Some(0)), "remote container left (slot cleared)");
-        assert!(dead(&k, &v, &nets, Some(11), Some(23)), "remote container moved");
-        assert!(dead(&k, &v, &HashSet::new(), Some(11), Some(22)), "network gone");
+        assert!(!dead(&k, &v, 5, &nets, Some(11), Some(22)));
+        assert!(dead(&k, &v, 5, &nets, Some(12), Some(22)), "local container re-joined");
+        assert!(dead(&k, &v, 5, &nets, None, Some(22)), "local container left");
+        assert!(dead(&k, &v, 5, &nets, Some(11), Some(0)), "remote container left (slot cleared)");
+        assert!(dead(&k, &v, 5, &nets, Some(11), Some(23)), "remote container moved");
+        assert!(dead(&k, &v, 5, &HashSet::new(), Some(11), Some(22)), "network gone");
+        assert!(dead(&k, &v, 6, &nets, Some(11), Some(22)), "the firewall changed");
     }
 
     #[test]
     fn a_half_admitted_flow_is_judged_by_its_own_half() {
         let nets = HashSet::from([7]);
         let (k, v) = flow(c::FLOW_INGRESS);
-        assert!(!dead(&k, &v, &nets, Some(11), Some(0)), "the egress half is not learned yet");
+        assert!(!dead(&k, &v, 5, &nets, Some(11), Some(0)), "the egress half is not learned yet");
         let (k, v) = flow(c::FLOW_EGRESS);
-        assert!(!dead(&k, &v, &nets, Some(99), Some(22)), "the ingress half is not learned yet");
-        assert!(dead(&k, &v, &nets, None, Some(22)), "but its local container must still be there");
+        assert!(!dead(&k, &v, 5, &nets, Some(99), Some(22)), "the ingress half is not learned yet");
+        assert!(dead(&k, &v, 5, &nets, None, Some(22)), "but its local container must still be there");
     }
 }

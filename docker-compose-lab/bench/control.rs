@@ -211,30 +211,44 @@ fn main() {
         assert_eq!(code, 200, "{method}: {v}");
         (d, v)
     };
-    let net = format!("{:0>64}", "c0");
-    call(
-        "CreateNetwork",
-        json!({"NetworkID": net, "Options": {"com.docker.network.generic": {}}, "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.233.0.0/16"}]}),
-    );
+    let create_network = |id: &str, pool: &str| -> String {
+        let net = format!("{id:0>64}");
+        call(
+            "CreateNetwork",
+            json!({"NetworkID": net, "Options": {"com.docker.network.generic": {}}, "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": pool}]}),
+        );
+        net
+    };
+    // Creates and joins an endpoint, then moves its container end into a namespace of its own
+    // (`sandbox`), as dockerd does (not timed). Returns how long CreateEndpoint and Join took.
+    let attach = |net: &str, ep: &str, addr: &str, sandbox: String, sandboxes: &mut Sandboxes| -> (Duration, Duration) {
+        let (created, _) = call("CreateEndpoint", json!({"NetworkID": net, "EndpointID": ep, "Interface": {"Address": addr}}));
+        let (joined, v) = call("Join", json!({"NetworkID": net, "EndpointID": ep, "SandboxKey": format!("/run/netns/{sandbox}")}));
+        let src = v["InterfaceName"]["SrcName"].as_str().expect("Join names the interface").to_string();
+        ip(&["netns", "add", &sandbox]);
+        h.sh(&format!("ip link set {src} netns {sandbox}"));
+        sandboxes.0.push(sandbox);
+        (created, joined)
+    };
+    // Leaves and deletes an endpoint; returns how long each call took.
+    let detach = |net: &str, ep: &str| -> (Duration, Duration) {
+        (call("Leave", json!({"NetworkID": net, "EndpointID": ep})).0, call("DeleteEndpoint", json!({"NetworkID": net, "EndpointID": ep})).0)
+    };
+    let net = create_network("c0", "10.233.0.0/16");
     // Distinct in their first 11 characters, which name the endpoint's links.
     let ep = |k: usize| format!("{k:0>11x}{:0>53}", 0);
     let mut lat: [Vec<Duration>; 4] = Default::default();
-    // Each container end goes into a namespace of its own, as dockerd moves it (not timed).
     let mut sandboxes = Sandboxes(Vec::new());
     for k in 0..o.endpoints {
         let addr = format!("10.233.{}.{}/16", (k + 2) / 256, (k + 2) % 256);
-        lat[0].push(call("CreateEndpoint", json!({"NetworkID": net, "EndpointID": ep(k), "Interface": {"Address": addr}})).0);
-        let name = format!("oc{}b{k}", lab.suffix());
-        let (d, v) = call("Join", json!({"NetworkID": net, "EndpointID": ep(k), "SandboxKey": format!("/run/netns/{name}")}));
-        lat[1].push(d);
-        let src = v["InterfaceName"]["SrcName"].as_str().expect("Join names the interface").to_string();
-        ip(&["netns", "add", &name]);
-        sandboxes.0.push(name.clone());
-        h.sh(&format!("ip link set {src} netns {name}"));
+        let (created, joined) = attach(&net, &ep(k), &addr, format!("oc{}b{k}", lab.suffix()), &mut sandboxes);
+        lat[0].push(created);
+        lat[1].push(joined);
     }
     for k in 0..o.endpoints {
-        lat[2].push(call("Leave", json!({"NetworkID": net, "EndpointID": ep(k)})).0);
-        lat[3].push(call("DeleteEndpoint", json!({"NetworkID": net, "EndpointID": ep(k)})).0);
+        let (left, deleted) = detach(&net, &ep(k));
+        lat[2].push(left);
+        lat[3].push(deleted);
     }
     drop(sandboxes);
     call("DeleteNetwork", json!({"NetworkID": net}));
@@ -265,29 +279,20 @@ fn main() {
     }
 
     // 3. Leave and DeleteEndpoint with many admitted flows on the host.
-    let net = format!("{:0>64}", "c1");
-    call(
-        "CreateNetwork",
-        json!({"NetworkID": net, "Options": {"com.docker.network.generic": {}}, "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.235.0.0/16"}]}),
-    );
+    let net = create_network("c1", "10.235.0.0/16");
     let ep = |k: usize| format!("{k:0>11x}{:0>52}1", 0);
     let mut sandboxes = Sandboxes(Vec::new());
     for k in 0..FLOW_ENDPOINTS {
-        let addr = format!("10.235.0.{}/16", k + 2);
-        call("CreateEndpoint", json!({"NetworkID": net, "EndpointID": ep(k), "Interface": {"Address": addr}}));
-        let name = format!("oc{}f{k}", lab.suffix());
-        let (_, v) = call("Join", json!({"NetworkID": net, "EndpointID": ep(k), "SandboxKey": format!("/run/netns/{name}")}));
-        let src = v["InterfaceName"]["SrcName"].as_str().expect("Join names the interface").to_string();
-        ip(&["netns", "add", &name]);
-        sandboxes.0.push(name.clone());
-        h.sh(&format!("ip link set {src} netns {name}"));
+        attach(&net, &ep(k), &format!("10.235.0.{}/16", k + 2), format!("oc{}f{k}", lab.suffix()), &mut sandboxes);
     }
-    let filter_pin = h.bpf_dir.join(oncache::fastpath::MAPS_DIR).join(oncache_common::MAP_FILTER);
-    let entered = flows::fill(&h.bpf_dir.join(oncache::fastpath::MAPS_DIR), "10.235.", o.flows);
+    let maps = h.bpf_dir.join(oncache::fastpath::MAPS_DIR);
+    let filter_pin = maps.join(oncache_common::MAP_FILTER);
+    let entered = flows::fill(&maps, "10.235.", o.flows);
     let mut lat: [Vec<Duration>; 2] = Default::default();
     for k in 0..FLOW_ENDPOINTS {
-        lat[0].push(call("Leave", json!({"NetworkID": net, "EndpointID": ep(k)})).0);
-        lat[1].push(call("DeleteEndpoint", json!({"NetworkID": net, "EndpointID": ep(k)})).0);
+        let (left, deleted) = detach(&net, &ep(k));
+        lat[0].push(left);
+        lat[1].push(deleted);
     }
     // The daemon removes the flows of the endpoints that went in the background.
     let left_at = Instant::now();

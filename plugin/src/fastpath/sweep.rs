@@ -3,13 +3,13 @@
 //! A flow is withdrawn the moment one of its entries changes generation or goes (the delivery
 //! entry of its local container, the egress entry of its remote one), or the firewall epoch
 //! changes: the programs compare generations and epoch on every packet, so a withdrawn flow is
-//! never used again. Its ONC_FILTER entry
-//! is then dead weight. The programs write that table's keys, so finding a container's flows
-//! means walking the whole table: two system calls per flow, up to `MAX_FLOWS` of them. Done on
-//! each Leave or each remote container's departure, that walk made every such call cost as much
-//! as the host's whole flow table, under the driver's lock. Requests therefore only [`raise`]
-//! a flag, and this thread walks the table afterwards, once for a whole burst of departures,
-//! with handles of its own on the pinned maps (no lock shared with requests).
+//! never used again. Its ONC_FILTER entry is then dead weight. The programs write that table's
+//! keys, so finding a container's flows means walking the whole table: two system calls per
+//! flow, up to `MAX_FLOWS` of them. Done on each Leave or each remote container's departure,
+//! that walk made every such call cost as much as the host's whole flow table, under the
+//! driver's lock. Requests therefore only [`raise`] a flag, and this thread walks the table
+//! afterwards, once for a whole burst of departures, with handles of its own on the pinned maps
+//! (no lock shared with requests).
 //!
 //! [`raise`]: Signal::raise
 
@@ -106,6 +106,9 @@ fn sweep(dir: &Path) -> Result<(usize, usize)> {
     let gens: Array<_, u32> = Array::try_from(&mut gens)?;
     let mut slot_gens: Index<u32, Option<u32>> = Index::new();
     let mut slot_gen = |slot: u32| *slot_gens.entry(slot).or_insert_with(|| gens.get(&slot, 0).ok());
+    let judge = |k: &c::FlowKey, v: &c::FlowState, slot_gen: Option<u32>| {
+        dead(k, v, epoch, &networks, delivery.get(&(k.vni, k.local_ip)).copied(), slot_gen)
+    };
     let mut filter = HashMap::<_, c::FlowKey, c::FlowState>::try_from(&mut filter)?;
     // A key the programs delete meanwhile restarts the kernel's walk from the first key: the
     // cap keeps a walk of a table in constant change finite.
@@ -114,7 +117,7 @@ fn sweep(dir: &Path) -> Result<(usize, usize)> {
     let mut doomed = Vec::new();
     for (k, v) in filter.iter().take(cap).filter_map(|kv| kv.ok()) {
         walked += 1;
-        if dead(&k, &v, epoch, &networks, delivery.get(&(k.vni, k.local_ip)).copied(), slot_gen(v.egress_slot)) {
+        if judge(&k, &v, slot_gen(v.egress_slot)) {
             doomed.push(k);
         }
     }
@@ -122,7 +125,7 @@ fn sweep(dir: &Path) -> Result<(usize, usize)> {
     for k in doomed {
         // Judged again as it is now: a learner may have admitted the flow anew meanwhile.
         let Ok(v) = filter.get(&k, 0) else { continue };
-        if dead(&k, &v, epoch, &networks, delivery.get(&(k.vni, k.local_ip)).copied(), gens.get(&v.egress_slot, 0).ok()) {
+        if judge(&k, &v, gens.get(&v.egress_slot, 0).ok()) {
             gone += usize::from(filter.remove(&k).is_ok());
         }
     }

@@ -122,8 +122,8 @@ fn ip(args: &[&str]) {
 }
 
 /// What the kernel takes, without oncache, to add `n` veth pairs one after another as ports of a
-/// bridge and bring both ends up, as oncache's Join does (bridge with forward delay 0 and an
-/// address of its own, ports without IPv6), in a namespace of the bench's own: the mean per pair
+/// bridge and bring both ends up, as oncache's Join does (bridge with forward delay 0, an
+/// address of its own and no multicast snooping, ports without IPv6), in a namespace of the bench's own: the mean per pair
 /// (ms) in each tenth, one `ip -batch` per tenth. What it leaves out: the container end keeps no
 /// IPv6 either (oncache's has it until dockerd moves it), and stays where it is.
 fn kernel_alone(suffix: &str, n: usize, tenth: usize) -> Vec<String> {
@@ -132,7 +132,7 @@ fn kernel_alone(suffix: &str, n: usize, tenth: usize) -> Vec<String> {
     let _gone = Sandboxes(vec![ns.clone()]);
     // New devices of the namespace come without IPv6 (oncache disables it on each host end).
     ip(&["netns", "exec", &ns, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
-    ip(&["-n", &ns, "link", "add", "br0", "address", "02:42:0c:00:00:01", "type", "bridge", "forward_delay", "0"]);
+    ip(&["-n", &ns, "link", "add", "br0", "address", "02:42:0c:00:00:01", "type", "bridge", "forward_delay", "0", "mcast_snooping", "0"]);
     ip(&["-n", &ns, "link", "set", "br0", "up"]);
     (0..n)
         .collect::<Vec<_>>()
@@ -273,7 +273,7 @@ fn main() {
         }
         let alone = kernel_alone(lab.suffix(), o.endpoints, tenth);
         writeln!(md, "| the kernel alone: `ip link add … master BRIDGE type veth`, both ends up, mean per tenth | {} |", alone.join(" | ")).unwrap();
-        writeln!(md, "\nThe last row is the same requests without oncache: as many veth pairs added one after another as ports of a bridge of their own, both ends then up, in a namespace of the bench's own (`ip -batch`, one batch per tenth; IPv6 off on both ends, the bridge with an address of its own, as oncache makes it).").unwrap();
+        writeln!(md, "\nThe last row is the same requests without oncache: as many veth pairs added one after another as ports of a bridge of their own, both ends then up, in a namespace of the bench's own (`ip -batch`, one batch per tenth; IPv6 off on both ends, the bridge with an address of its own and no multicast snooping, as oncache makes it).").unwrap();
     } else {
         writeln!(md, "\n(The daemon's log timed {} of the {} Joins: no step breakdown.)", steps.len(), o.endpoints).unwrap();
     }

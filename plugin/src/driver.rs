@@ -1097,8 +1097,8 @@ impl Driver {
         }
         for n in &networks {
             self.dp.ensure_network(net_spec(n)).await.with_context(|| format!("restoring network {}", n.id))?;
-            if let Err(e) = self.dp.pin_bridge_address(n.vni).await {
-                log::warn!("network {}: {e:#}; its bridge's address follows its ports", n.id);
+            if let Err(e) = self.dp.settle_bridge(n.vni).await {
+                log::warn!("network {}: {e:#}; its bridge keeps the settings it has", n.id);
             }
             self.ensure_gateway(n).await.with_context(|| format!("restoring network {}", n.id))?;
         }

@@ -177,16 +177,21 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Makes the address a network's bridge has its own. A bridge whose address was never set
-    /// takes the lowest of its ports' and changes as ports come and go: when the container
-    /// whose veth lent it leaves, the gateway address on the bridge answers from a new MAC and
-    /// every other container's neighbour entry for it points nowhere (no gratuitous ARP by
-    /// default) until it expires; and each new port walks every port to recompute it. Bridges
-    /// are made with an address; one an older oncache made keeps the one it has now.
-    pub async fn pin_bridge_address(&self, vni: u32) -> Result<()> {
+    /// Gives a network's bridge the settings [`Netlink::add_bridge`] makes a new one with; one an
+    /// older oncache made gets them at start, keeping the address it has now:
+    /// - Its present address as its own. A bridge whose address was never set takes the lowest
+    ///   of its ports' and changes as ports come and go: when the container whose veth lent it
+    ///   leaves, the gateway address on the bridge answers from a new MAC and every other
+    ///   container's neighbour entry for it points nowhere (no gratuitous ARP by default) until
+    ///   it expires; and each new port walks every port to recompute it.
+    /// - Multicast snooping off. With it on, each port that comes up re-arms every port's
+    ///   multicast query timers (`br_port_state_selection`), so attaching a container costs
+    ///   time in proportion to the containers already there. Off, the bridge floods multicast
+    ///   to every port, as it does anyway for groups no port has joined with IGMP/MLD.
+    pub async fn settle_bridge(&self, vni: u32) -> Result<()> {
         let br = naming::bridge(vni);
         match self.nl.link(&br).await? {
-            Some(netlink::Link { index, mac: Some(mac), .. }) => self.nl.set_address(index, mac).await.with_context(|| format!("on bridge {br}")),
+            Some(netlink::Link { index, mac: Some(mac), .. }) => self.nl.settle_bridge(&br, index, mac).await,
             _ => Ok(()),
         }
     }

@@ -14,7 +14,7 @@ use rtnetlink::packet_route::neighbour::{
 };
 use rtnetlink::packet_route::route::RouteType;
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan};
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan};
 use std::net::{IpAddr, Ipv4Addr};
 
 use oncache_common::VXLAN_PORT;
@@ -189,8 +189,15 @@ impl Netlink {
         // Forward delay 0: ports must forward as soon as a container's veth is attached.
         // nf_call_iptables: bridged traffic crosses the host firewall and conntrack, which
         // judge the slow path and admit flows to the fast path, whatever the global sysctl.
-        // An address of its own (see `Dataplane::pin_bridge_address`).
-        let msg = LinkBridge::new(name).forward_delay(0).nf_call_iptables(true).mtu(mtu).address(mac.to_vec()).up().build();
+        // An address of its own and no multicast snooping (see `Dataplane::settle_bridge`).
+        let msg = LinkBridge::new(name)
+            .forward_delay(0)
+            .nf_call_iptables(true)
+            .mcast_snooping(false)
+            .mtu(mtu)
+            .address(mac.to_vec())
+            .up()
+            .build();
         self.handle.link().add(msg).execute().await.with_context(|| format!("creating bridge {name}"))
     }
 
@@ -243,11 +250,11 @@ impl Netlink {
         Ok(self.link(host).await?.ok_or_else(|| anyhow!("veth {host} vanished after creation"))?.index)
     }
 
-    /// Sets a link's address (the same one again makes it the link's own: see
-    /// `Dataplane::pin_bridge_address`).
-    pub async fn set_address(&self, index: u32, mac: [u8; 6]) -> Result<()> {
-        let msg = LinkUnspec::new_with_index(index).address(mac.to_vec()).build();
-        self.handle.link().set(msg).execute().await.context("setting a link's address")
+    /// Gives an existing bridge what [`Netlink::add_bridge`] gives a new one: `mac` as its own
+    /// address and multicast snooping off (see `Dataplane::settle_bridge`).
+    pub async fn settle_bridge(&self, name: &str, index: u32, mac: [u8; 6]) -> Result<()> {
+        let msg = LinkMessageBuilder::<LinkBridge>::new(name).index(index).address(mac.to_vec()).mcast_snooping(false).build();
+        self.handle.link().change(msg).execute().await.with_context(|| format!("settling bridge {name}"))
     }
 
     pub async fn set_up(&self, index: u32) -> Result<()> {

@@ -335,12 +335,7 @@ async fn stats(json: bool, socket: &std::path::Path) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("{:<14} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12} {:>8}", "program", "hits", "misses", "learned", "invalidated", "rejected", "runs", "ns/run");
-    let all = [
-        ("egress_fast", s.egress_fast),
-        ("ingress_fast", s.ingress_fast),
-        ("egress_learn", s.egress_learn),
-        ("ingress_learn", s.ingress_learn),
-    ];
+    let all = oncache_common::Program::ALL.map(|p| (p.name().trim_start_matches("oncache_"), s.of(p)));
     for (name, c) in all {
         let per_run = c.run_time_ns.checked_div(c.runs).map_or("-".to_string(), |ns| ns.to_string());
         println!("{name:<14} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12} {per_run:>8}", c.hits, c.misses, c.learned, c.invalidated, c.rejected, c.runs);

@@ -204,6 +204,21 @@ pub enum Program {
     IngressLearn = 3,
 }
 
+impl Program {
+    /// Every program, in ONC_STATS order.
+    pub const ALL: [Program; 4] = [Program::EgressFast, Program::IngressFast, Program::EgressLearn, Program::IngressLearn];
+
+    /// The program's function name in the object.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Program::EgressFast => PROG_EGRESS_FAST,
+            Program::IngressFast => PROG_INGRESS_FAST,
+            Program::EgressLearn => PROG_EGRESS_LEARN,
+            Program::IngressLearn => PROG_INGRESS_LEARN,
+        }
+    }
+}
+
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {

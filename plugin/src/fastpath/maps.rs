@@ -336,12 +336,11 @@ impl Maps {
             }
             Ok(Counters { hits: v[0], misses: v[1], learned: v[2], invalidated: v[3], rejected: v[4], ..Counters::default() })
         };
-        Ok(Stats {
-            egress_fast: get(c::Program::EgressFast)?,
-            ingress_fast: get(c::Program::IngressFast)?,
-            egress_learn: get(c::Program::EgressLearn)?,
-            ingress_learn: get(c::Program::IngressLearn)?,
-        })
+        let mut s = Stats::default();
+        for p in c::Program::ALL {
+            *s.of_mut(p) = get(p)?;
+        }
+        Ok(s)
     }
 
     pub fn list(&mut self) -> Result<CacheList> {
@@ -407,6 +406,26 @@ pub struct Stats {
     pub ingress_fast: Counters,
     pub egress_learn: Counters,
     pub ingress_learn: Counters,
+}
+
+impl Stats {
+    pub fn of(&self, p: c::Program) -> &Counters {
+        match p {
+            c::Program::EgressFast => &self.egress_fast,
+            c::Program::IngressFast => &self.ingress_fast,
+            c::Program::EgressLearn => &self.egress_learn,
+            c::Program::IngressLearn => &self.ingress_learn,
+        }
+    }
+
+    pub fn of_mut(&mut self, p: c::Program) -> &mut Counters {
+        match p {
+            c::Program::EgressFast => &mut self.egress_fast,
+            c::Program::IngressFast => &mut self.ingress_fast,
+            c::Program::EgressLearn => &mut self.egress_learn,
+            c::Program::IngressLearn => &mut self.ingress_learn,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]

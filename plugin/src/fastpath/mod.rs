@@ -130,7 +130,7 @@ impl FastPath {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT).context("loading the oncache eBPF object")?;
-        for name in [c::PROG_EGRESS_FAST, c::PROG_INGRESS_FAST, c::PROG_EGRESS_LEARN, c::PROG_INGRESS_LEARN] {
+        for name in c::Program::ALL.map(c::Program::name) {
             let prog = classifier(&mut ebpf, name)?;
             prog.load().map_err(|e| verifier_error(name, e))?;
             let pin = dir.join("progs").join(name);
@@ -159,12 +159,8 @@ impl FastPath {
     /// The map counters with the kernel's run count and run time of each program.
     pub fn stats(&mut self) -> Result<maps::Stats> {
         let mut s = self.maps.stats()?;
-        for (name, counters) in [
-            (c::PROG_EGRESS_FAST, &mut s.egress_fast),
-            (c::PROG_INGRESS_FAST, &mut s.ingress_fast),
-            (c::PROG_EGRESS_LEARN, &mut s.egress_learn),
-            (c::PROG_INGRESS_LEARN, &mut s.ingress_learn),
-        ] {
+        for p in c::Program::ALL {
+            let (name, counters) = (p.name(), s.of_mut(p));
             let info = classifier(&mut self.ebpf, name)?.info().map_err(|e| anyhow!("{name}: {e}"))?;
             counters.runs = info.run_count();
             counters.run_time_ns = u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);

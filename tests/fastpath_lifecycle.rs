@@ -6,6 +6,8 @@ mod support;
 
 use lab::{Host, Lab};
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use support::traffic::{capture, capture_sent, describe, exchange, inet_checksum, ipv4_flow, netns_of, tcp_stream, udp_client, Echo, Frame};
@@ -74,13 +76,35 @@ fn restart_keeps_fast_traffic(mode: &[&str]) -> Lab {
     let before = fast_hits(lab.host(0)) + fast_hits(lab.host(1));
     let epochs = [firewall_epoch(lab.host(0)), firewall_epoch(lab.host(1))];
 
-    let runner = std::thread::spawn(move || exchange(&client, a, 7100, 6000, 200).map(|_| client));
-    std::thread::sleep(Duration::from_millis(200));
+    // The flow runs, one exchange after another, until both restarts are over and it has gone on
+    // a while after them; a datagram lost on the way fails it.
+    let (stop, done) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let runner = {
+        let (stop, done) = (stop.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                exchange(&client, a, 7100, 50, 200)?;
+                done.fetch_add(50, Ordering::Relaxed);
+            }
+            Ok::<_, String>(client)
+        })
+    };
+    let flowing = |from: usize| lab::try_wait_for(Duration::from_secs(10), || (done.load(Ordering::Relaxed) >= from + 500).then_some(()));
+    if flowing(0).is_none() {
+        stop.store(true, Ordering::Relaxed);
+        panic!("the flow did not get going: {:?}", runner.join().unwrap().err());
+    }
+    let at_restart = done.load(Ordering::Relaxed);
     lab.host_mut(1).restart_oncache();
     lab.host_mut(0).kill_oncache();
     let ip1 = lab.host(1).underlay_ip.to_string();
     lab.host_mut(0).start_oncache(&[&["--peer", ip1.as_str()][..], mode].concat());
+    let restarted = done.load(Ordering::Relaxed);
+    let after = flowing(restarted);
+    stop.store(true, Ordering::Relaxed);
     let client = runner.join().unwrap().expect("datagrams lost while the daemons restarted");
+    assert!(after.is_some(), "the flow stalled after the restarts");
+    assert!(restarted - at_restart >= 500, "only {} exchanges while the daemons restarted: the flow did not cross the restarts", restarted - at_restart);
 
     let (h0, h1) = (lab.host(0), lab.host(1));
     assert_ne!(prog_id(h0, "oncache_ingress_fast"), ids[0], "program not replaced on restart");
@@ -107,6 +131,15 @@ fn restart_keeps_fast_traffic_with_tcx() {
     // the restarts by the new daemon's programs.
     let veth = h0.sh("ip -o link | grep -o 'ocve[0-9a-f]*' | head -1");
     assert_endpoint_programs(h0, veth.trim());
+    // `oncache stats` as a person reads it: a row for each program, the fast ones counting hits.
+    let text = cli(h0, &["stats"]).unwrap();
+    for prog in ["egress_fast", "ingress_fast", "egress_learn", "ingress_learn"] {
+        let row = text.lines().find(|l| l.split_whitespace().next() == Some(prog)).unwrap_or_else(|| panic!("no {prog} row in:\n{text}"));
+        if prog.ends_with("_fast") {
+            let hits: u64 = row.split_whitespace().nth(1).and_then(|h| h.parse().ok()).unwrap_or_else(|| panic!("{prog}: no hits in {row:?}"));
+            assert!(hits > 0, "{prog} counted no hits:\n{text}");
+        }
+    }
     lab.finish();
 }
 

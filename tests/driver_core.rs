@@ -239,3 +239,98 @@ fn a_bridge_has_an_address_of_its_own_and_no_multicast_snooping_whoever_made_it(
         assert!(tb.reset().unwrap().is_empty());
     });
 }
+
+/// What `cmd` prints as JSON in the test thread's namespace (`ip -j …`, `bridge -j …`).
+fn json_of(cmd: &str) -> Value {
+    let mut args = cmd.split_whitespace();
+    let out = std::process::Command::new(args.next().unwrap()).args(args).output().unwrap();
+    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or(json!([]))
+}
+
+/// The addresses the VXLAN device's neighbour table answers for, and the MACs of its
+/// forwarding entries with a destination.
+fn remotes_in_kernel(vxlan: &str) -> (Vec<String>, Vec<String>) {
+    let mut ips: Vec<String> = json_of(&format!("ip -j neigh show dev {vxlan}")).as_array().unwrap().iter().map(|n| n["dst"].as_str().unwrap().to_string()).collect();
+    let mut macs: Vec<String> = json_of(&format!("bridge -j fdb show dev {vxlan}"))
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e.get("dst").is_some())
+        .map(|e| e["mac"].as_str().unwrap().to_string())
+        .collect();
+    ips.sort();
+    macs.sort();
+    macs.dedup();
+    (ips, macs)
+}
+
+/// The bridge's own entries behind the VXLAN port: each MAC, with "static" or "extern_learn".
+fn bridge_entries(vxlan: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = json_of(&format!("bridge -j fdb show dev {vxlan}"))
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e.get("master").is_some() && e["mac"].as_str().is_some_and(|m| m.starts_with("02:42:0a")))
+        .map(|e| {
+            let kind = if e["state"] == "static" { "static" } else if e["flags"].as_array().is_some_and(|f| f.iter().any(|f| f == "extern_learn")) { "extern_learn" } else { "dynamic" };
+            (e["mac"].as_str().unwrap().to_string(), kind.to_string())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Remote endpoints leave the kernel by key. An address that joins here drops its own remote
+/// entry at once and no other; the forwarding entry of its MAC stays while another address of
+/// the network has that MAC at that host, and goes with the last one; removing the network
+/// drops the rest.
+#[test]
+fn a_local_join_drops_its_remote_entry_and_keeps_a_forwarding_entry_still_in_use() {
+    use oncache::cluster::{Published, View};
+    on_own_thread(|| {
+        let tb = Testbed::new().unwrap();
+        assert_eq!(tb.call("NetworkDriver.CreateNetwork", &create_network(705, "10.240.0.0/24")).0, 200);
+        let (a, b) = ([2, 0x42, 10, 240, 0, 5], [2, 0x42, 10, 240, 0, 6]);
+        let p = |ip: &str, mac: [u8; 6]| Published { vni: 705, ip: ip.parse().unwrap(), mac, since: 1 };
+        let view = |eps: Vec<Published>| View { hosts: vec![("192.0.2.9".parse().unwrap(), eps)], pending: Default::default(), resync_kernel: false };
+        let apply = |v: View| tb.rt.block_on(async { tb.plugin.driver.lock().await.apply_view(&v).await }).unwrap();
+        let all = || vec![p("10.240.0.5", a), p("fd00::5", a), p("10.240.0.6", b)];
+        apply(view(all()));
+        let (ma, mb) = ("02:42:0a:f0:00:05".to_string(), "02:42:0a:f0:00:06".to_string());
+        assert_eq!(remotes_in_kernel("ocvx705"), (vec!["10.240.0.5".into(), "10.240.0.6".into(), "fd00::5".into()], vec![ma.clone(), mb.clone()]));
+        assert_eq!(bridge_entries("ocvx705"), vec![(ma.clone(), "extern_learn".to_string()), (mb.clone(), "extern_learn".to_string())]);
+        // As an older oncache left them: static entries in the bridge, which the bridge walks
+        // for every port it gains. The next start makes them externally learned.
+        let made = std::process::Command::new("bridge").args(["fdb", "replace", &mb, "dev", "ocvx705", "master", "static"]).status().unwrap();
+        assert!(made.success(), "bridge fdb replace … static");
+        assert_eq!(bridge_entries("ocvx705")[1], (mb.clone(), "static".to_string()));
+        tb.rt.block_on(async { tb.plugin.driver.lock().await.reconcile().await }).unwrap();
+        assert_eq!(bridge_entries("ocvx705"), vec![(ma.clone(), "extern_learn".to_string()), (mb.clone(), "extern_learn".to_string())], "the start left a static entry");
+
+        // 10.240.0.5 joins here: its remote entry goes, fd00::5 keeps the MAC's forwarding entry.
+        let ep = "e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5";
+        let body = |extra: Value| {
+            let mut b = json!({"NetworkID": NET, "EndpointID": ep});
+            b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            b.to_string().into_bytes()
+        };
+        assert_eq!(tb.call("NetworkDriver.CreateEndpoint", &body(json!({"Interface": {"Address": "10.240.0.5/24"}}))).0, 200);
+        assert_eq!(tb.call("NetworkDriver.Join", &body(json!({"SandboxKey": "/run/netns/x"}))).0, 200);
+        let kept = (vec!["10.240.0.6".to_string(), "fd00::5".to_string()], vec![ma.clone(), mb.clone()]);
+        assert_eq!(remotes_in_kernel("ocvx705"), kept, "after the local join");
+        apply(view(all()));
+        assert_eq!(remotes_in_kernel("ocvx705"), kept, "the other host's claim came back over the local join");
+
+        // The last address with MAC a goes: so does its forwarding entry.
+        apply(view(vec![p("10.240.0.5", a), p("10.240.0.6", b)]));
+        assert_eq!(remotes_in_kernel("ocvx705"), (vec!["10.240.0.6".into()], vec![mb]));
+
+        assert_eq!(tb.call("NetworkDriver.Leave", &body(json!({}))).0, 200);
+        assert_eq!(tb.call("NetworkDriver.DeleteEndpoint", &body(json!({}))).0, 200);
+        assert_eq!(tb.call("Oncache.Status", b"").1["remote_endpoints"], 1);
+        assert_eq!(tb.call("NetworkDriver.DeleteNetwork", json!({"NetworkID": NET}).to_string().as_bytes()).0, 200);
+        assert_eq!(tb.call("Oncache.Status", b"").1["remote_endpoints"], 0, "the network's remote endpoints outlived it");
+        assert!(tb.reset().unwrap().is_empty());
+    });
+}

@@ -149,6 +149,24 @@ fn addrs_of(ep: &Endpoint) -> Vec<IpAddr> {
     [&ep.ipv4, &ep.ipv6].into_iter().flatten().filter_map(|a| Cidr::parse(a).ok()).map(|c| c.addr).collect()
 }
 
+/// Takes one remote endpoint out of the kernel and the fast path. Its forwarding entries
+/// stay when another address of `remaining` in its network has its MAC at the same host.
+async fn unprogram_remote(
+    dp: &Dataplane,
+    fast: Option<&mut FastPath>,
+    (vni, ip): cluster::view::Key,
+    r: Remote,
+    remaining: &BTreeMap<cluster::view::Key, Remote>,
+) -> Result<()> {
+    let in_use = remaining.range(cluster::view::in_network(vni)).any(|(_, o)| o.mac == r.mac && o.vtep == r.vtep);
+    dp.unset_remote(vni, ip, r, in_use).await?;
+    if let (Some(f), IpAddr::V4(v4)) = (fast, ip) {
+        f.maps.forget_remote(vni, v4.octets())?;
+    }
+    log::debug!("remote {ip} (VNI {vni}) at {} removed", r.vtep);
+    Ok(())
+}
+
 fn net_spec(n: &Network) -> NetSpec {
     NetSpec { vni: n.vni, mtu: n.mtu }
 }
@@ -258,16 +276,11 @@ impl Driver {
         if add.is_empty() && remove.is_empty() {
             return Ok(());
         }
-        let fast_vnis: HashSet<u32> = self.store.networks()?.iter().filter(|n| n.fastpath).map(|n| n.vni).collect();
-        for ((vni, ip), r) in remove {
-            let in_use = want.iter().any(|((v, _), o)| *v == vni && o.mac == r.mac && o.vtep == r.vtep);
-            self.dp.unset_remote(vni, ip, r, in_use).await?;
-            if let (Some(f), IpAddr::V4(v4)) = (self.fast.as_mut(), ip) {
-                f.maps.forget_remote(vni, v4.octets())?;
-            }
-            self.remotes.remove(&(vni, ip));
-            log::debug!("remote {ip} (VNI {vni}) at {} removed", r.vtep);
+        for (k, r) in remove {
+            unprogram_remote(&self.dp, self.fast.as_mut(), k, r, &want).await?;
+            self.remotes.remove(&k);
         }
+        let fast_vnis: HashSet<u32> = self.store.networks()?.iter().filter(|n| n.fastpath).map(|n| n.vni).collect();
         for ((vni, ip), r) in add {
             self.dp.set_remote(vni, ip, r).await?;
             if let (Some(f), IpAddr::V4(v4), IpAddr::V4(vtep)) = (self.fast.as_mut(), ip, r.vtep) {
@@ -281,11 +294,20 @@ impl Driver {
         Ok(())
     }
 
-    /// Drops what is programmed for addresses that now live here (a local join wins at once,
-    /// before the next view) or for a network that is gone.
-    async fn drop_remotes(&mut self, gone: impl Fn(&cluster::view::Key) -> bool) -> Result<()> {
-        let want = self.remotes.iter().filter(|(k, _)| !gone(k)).map(|(k, r)| (*k, *r)).collect();
-        self.set_remotes(want).await
+    /// Drops what is programmed for `keys` (addresses that now live here: a local join wins at
+    /// once, before the next view; a network that is gone; a peer removed), by key: a Join
+    /// costs the same however many remote endpoints the cluster has.
+    async fn drop_remotes(&mut self, keys: impl IntoIterator<Item = cluster::view::Key>) -> Result<()> {
+        let mut gone: Vec<_> = keys.into_iter().filter_map(|k| self.remotes.remove(&k).map(|r| (k, r))).collect();
+        // Judged against what stays, once all are out: a MAC only dropped keys used goes too.
+        while let Some((k, r)) = gone.pop() {
+            if let Err(e) = unprogram_remote(&self.dp, self.fast.as_mut(), k, r, &self.remotes).await {
+                // Still programmed, as far as anyone knows: the next change or view tries again.
+                self.remotes.extend(gone.into_iter().chain([(k, r)]));
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Takes an endpoint off the data plane: fast path first (while its veth still has an
@@ -480,7 +502,8 @@ impl Driver {
             self.unplug(&ep.id, Some(&ep), Some(n.vni)).await?;
             self.store.delete_endpoint(&ep.id)?;
         }
-        self.drop_remotes(|(vni, _)| *vni == n.vni).await?;
+        let theirs: Vec<_> = self.remotes.range(cluster::view::in_network(n.vni)).map(|(k, _)| *k).collect();
+        self.drop_remotes(theirs).await?;
         if let Some(f) = self.fast.as_mut() {
             f.maps.remove_network(n.vni)?;
         }
@@ -688,7 +711,7 @@ impl Driver {
         crashpoint::here(crashpoint::JOIN_STORED);
         // The address lives here now: what other hosts had of it is stale.
         let mine: Vec<_> = addrs_of(&ep).into_iter().map(|ip| (n.vni, ip)).collect();
-        self.drop_remotes(|k| mine.contains(k)).await?;
+        self.drop_remotes(mine).await?;
         let plugged = std::time::Instant::now();
         if let Err(e) = self.plug_fast(&ep, &n).await {
             log::warn!("endpoint {}: fast path not attached, slow path only: {e:#}", ep.id);
@@ -785,7 +808,7 @@ impl Driver {
             }
         };
         let mine: Vec<_> = addrs_of(&ep).into_iter().map(|ip| (n.vni, ip)).collect();
-        self.drop_remotes(|k| mine.contains(k)).await?;
+        self.drop_remotes(mine).await?;
         if let Err(e) = self.plug_fast(&ep, &n).await {
             log::warn!("attachment {id}: fast path not attached, slow path only: {e:#}");
         }
@@ -976,7 +999,7 @@ impl Driver {
             c.set_peers(&self.usable_peers()?);
         }
         let gone: Vec<_> = self.remotes.iter().filter(|(_, r)| r.vtep == ip).map(|(k, _)| *k).collect();
-        self.drop_remotes(|k| gone.contains(k)).await?;
+        self.drop_remotes(gone).await?;
         if let (Some(f), IpAddr::V4(v4)) = (self.fast.as_mut(), ip) {
             f.maps.forget_peer(v4.octets())?;
         }

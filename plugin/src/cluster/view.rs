@@ -3,7 +3,7 @@
 //! tested without a network.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// One endpoint as its host publishes it: gossip key `ep/<vni>/<ip>`, value `<mac> <since>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +52,11 @@ pub struct Remote {
 /// (VNI, container address).
 pub type Key = (u32, IpAddr);
 
+/// Every key of network `vni`, as a range of the ordered keys (IPv4 before IPv6).
+pub fn in_network(vni: u32) -> std::ops::RangeInclusive<Key> {
+    (vni, IpAddr::V4(Ipv4Addr::UNSPECIFIED))..=(vni, IpAddr::V6(Ipv6Addr::from(u128::MAX)))
+}
+
 /// The remote endpoints this host should program: every endpoint that a counted host publishes,
 /// except addresses that live here (`local` wins: a container that joined here is here), for
 /// networks this host has (`vnis`). Of two hosts publishing one address, the later join wins;
@@ -94,6 +99,21 @@ pub fn diff(applied: &BTreeMap<Key, Remote>, want: &BTreeMap<Key, Remote>) -> (E
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_network_is_every_key_of_that_network_and_no_other() {
+        let r = Remote { mac: [2, 0x42, 0, 0, 0, 1], vtep: "192.0.2.1".parse().unwrap() };
+        let keys = ["0.0.0.0", "10.0.0.1", "255.255.255.255", "::", "fd00::1", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"];
+        let mut m = BTreeMap::new();
+        for vni in [6, 7, 8] {
+            for k in keys {
+                m.insert((vni, k.parse().unwrap()), r);
+            }
+        }
+        let got: Vec<Key> = m.range(in_network(7)).map(|(k, _)| *k).collect();
+        let want: Vec<Key> = keys.iter().map(|k| (7, k.parse().unwrap())).collect();
+        assert_eq!(got, want);
+    }
 
     fn p(vni: u32, ip: &str, last: u8, since: u64) -> Published {
         Published { vni, ip: ip.parse().unwrap(), mac: [2, 0x42, 0, 0, 0, last], since }

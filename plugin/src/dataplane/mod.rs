@@ -188,12 +188,18 @@ impl Dataplane {
     ///   multicast query timers (`br_port_state_selection`), so attaching a container costs
     ///   time in proportion to the containers already there. Off, the bridge floods multicast
     ///   to every port, as it does anyway for groups no port has joined with IGMP/MLD.
+    /// - Its entries for remote containers externally learned, not static (see
+    ///   `netlink::bridge_fdb_message`).
     pub async fn settle_bridge(&self, vni: u32) -> Result<()> {
         let br = naming::bridge(vni);
-        match self.nl.link(&br).await? {
-            Some(netlink::Link { index, mac: Some(mac), .. }) => self.nl.settle_bridge(&br, index, mac).await,
-            _ => Ok(()),
+        if let Some(netlink::Link { index, mac: Some(mac), .. }) = self.nl.link(&br).await? {
+            self.nl.settle_bridge(&br, index, mac).await?;
         }
+        let Some(vx) = self.nl.link(&naming::vxlan(vni)).await? else { return Ok(()) };
+        for e in self.nl.fdb(vx.index).await?.into_iter().filter(|e| e.static_in_bridge) {
+            self.nl.remake_bridge_entry(vx.index, e.mac).await?;
+        }
+        Ok(())
     }
 
     /// Creates the endpoint's veth pair on the network's bridge; returns the container-end name

@@ -42,6 +42,8 @@ pub struct Link {
 pub struct FdbEntry {
     pub mac: [u8; 6],
     pub dst: Option<IpAddr>,
+    /// The bridge's (master) entry is a static one, as an older oncache made them.
+    pub static_in_bridge: bool,
 }
 
 /// A change that may move the underlay's next hops.
@@ -339,18 +341,30 @@ impl Netlink {
                         _ => {}
                     }
                 }
-                Some(FdbEntry { mac: mac?, dst })
+                // The bridge reports a static entry as NOARP (whatever else marks it); the
+                // VXLAN device's own entries come with NTF_SELF.
+                let static_in_bridge = m.header.state == NeighbourState::Noarp && !m.header.flags.contains(NeighbourFlags::Own);
+                Some(FdbEntry { mac: mac?, dst, static_in_bridge })
             })
             .collect())
     }
 
     /// `bridge fdb replace MAC dev VXLAN dst DST self permanent` and `bridge fdb replace MAC dev
-    /// VXLAN master static`: the VXLAN device sends MAC's frames to DST only, and the bridge sends
-    /// them to the VXLAN device without flooding its own ports.
+    /// VXLAN master extern_learn`: the VXLAN device sends MAC's frames to DST only, and the
+    /// bridge sends them to the VXLAN device without flooding its own ports.
     pub async fn fdb_set(&self, vxlan: u32, mac: [u8; 6], dst: IpAddr) -> Result<()> {
         let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(fdb_message(vxlan, mac, dst)));
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
         self.ack(req).await.with_context(|| format!("setting forwarding entry {} to {dst}", crate::naming::format_mac(mac)))?;
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(bridge_fdb_message(vxlan, mac)));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+        self.ack(req).await.with_context(|| format!("setting bridge entry {} to the VXLAN port", crate::naming::format_mac(mac)))
+    }
+
+    /// Makes the bridge's entry for `mac` the kind [`fdb_set`](Self::fdb_set) makes (an entry
+    /// keeps its static mark when it is replaced, so it goes first).
+    pub async fn remake_bridge_entry(&self, vxlan: u32, mac: [u8; 6]) -> Result<()> {
+        let _ = self.handle.neighbours().del(bridge_fdb_message(vxlan, mac)).execute().await;
         let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(bridge_fdb_message(vxlan, mac)));
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
         self.ack(req).await.with_context(|| format!("setting bridge entry {} to the VXLAN port", crate::naming::format_mac(mac)))
@@ -481,10 +495,12 @@ fn neigh_fields(m: &NeighbourMessage) -> (Option<IpAddr>, Option<Vec<u8>>) {
     (dst, ll)
 }
 
-/// The bridge's own (master) static entry for a MAC behind the VXLAN port.
+/// The bridge's own (master) entry for a MAC behind the VXLAN port: externally learned, which
+/// never ages, like a static one. Not static: the bridge walks every static entry for each port
+/// it gains (`br_fdb_unsync_static`), so each Join would cost time in proportion to the remote
+/// endpoints. NOARP, not PERMANENT, which would mean an address of the bridge itself.
 fn bridge_fdb_message(vxlan: u32, mac: [u8; 6]) -> NeighbourMessage {
-    // NOARP is the bridge's "static"; PERMANENT would mean an address of the bridge itself.
-    bridge_family_entry(vxlan, mac, NeighbourState::Noarp, NeighbourFlags::Controller)
+    bridge_family_entry(vxlan, mac, NeighbourState::Noarp, NeighbourFlags::Controller | NeighbourFlags::ExtLearned)
 }
 
 /// Bridge-family entries carry NDA_DST as raw bytes; their length tells the IP version.

@@ -2,7 +2,7 @@
 //! costs as endpoints accumulate. One host of the namespace lab (tests/lab) with its dockerd and
 //! oncache daemon.
 //!
-//!     cargo bench -p oncache --bench control -- [--runs R] [--endpoints N] [--flows F] [--short] [--out DIR]
+//!     cargo bench -p oncache --bench control -- [--runs R] [--endpoints N] [--flows F] [--remotes R] [--short] [--out DIR]
 //!
 //! 1. `docker run --rm --network NET IMAGE true`, the networks interleaved run by run (R runs,
 //!    default 20): `none`, a Docker bridge network, an oncache network with
@@ -25,9 +25,15 @@
 //!    went (it does so in the background; at most 5 s is waited): no call should cost in
 //!    proportion to the host's flows, and none of the flows should stay.
 //!
+//! 4. Join on a host that programs the remote endpoints of a cluster: R of them (default
+//!    10,000) on 10 other hosts, applied as a cluster view to the driver core in-process
+//!    (`oncache::testbed`: the real kernel, in a namespace of the bench's own), then 200
+//!    endpoints created and joined; the same with none. p50/p90 of Join: the same in both means
+//!    no Join does work in proportion to the cluster's endpoints.
+//!
 //! Prints markdown and writes it to docker-compose-lab/results/control-latest.md. Asserts no
-//! speed. `--short` (3 runs, 50 endpoints, 1,000 flows, nothing written) is what the test
-//! command runs.
+//! speed. `--short` (3 runs, 50 endpoints, 1,000 flows, 500 remote endpoints and 20 Joins,
+//! nothing written) is what the test command runs.
 
 #[path = "../../tests/lab/mod.rs"]
 mod lab;
@@ -41,16 +47,18 @@ struct Opts {
     runs: usize,
     endpoints: usize,
     flows: usize,
+    remotes: usize,
+    remote_joins: usize,
     out: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: cargo bench -p oncache --bench control -- [--runs R] [--endpoints N] [--flows F] [--short] [--out DIR]";
+const USAGE: &str = "usage: cargo bench -p oncache --bench control -- [--runs R] [--endpoints N] [--flows F] [--remotes R] [--short] [--out DIR]";
 
 /// Endpoints whose flows fill ONC_FILTER in part 3.
 const FLOW_ENDPOINTS: usize = 50;
 
 fn opts() -> Opts {
-    let mut o = Opts { runs: 20, endpoints: 1000, flows: 100_000, out: Some(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../docker-compose-lab/results"))) };
+    let mut o = Opts { runs: 20, endpoints: 1000, flows: 100_000, remotes: 10_000, remote_joins: 200, out: Some(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../docker-compose-lab/results"))) };
     let mut args = std::env::args().skip(1);
     let num = |v: Option<String>, what: &str| -> usize {
         v.and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or_else(|| panic!("{what} wants a positive number\n{USAGE}"))
@@ -60,10 +68,13 @@ fn opts() -> Opts {
             "--runs" => o.runs = num(args.next(), "--runs"),
             "--endpoints" => o.endpoints = num(args.next(), "--endpoints"),
             "--flows" => o.flows = num(args.next(), "--flows"),
+            "--remotes" => o.remotes = num(args.next(), "--remotes"),
             "--short" => {
                 o.runs = 3;
                 o.endpoints = 50;
                 o.flows = 1000;
+                o.remotes = 500;
+                o.remote_joins = 20;
                 o.out = None;
             }
             "--out" => o.out = Some(PathBuf::from(args.next().unwrap_or_else(|| panic!("--out wants a folder\n{USAGE}")))),
@@ -316,6 +327,14 @@ fn main() {
     }
     writeln!(md, "\nFlows in ONC_FILTER as the last DeleteEndpoint returned: {left}; {now} {:.0} ms later.", gone_in.as_secs_f64() * 1e3).unwrap();
 
+    // 4. Join with the remote endpoints of a cluster programmed.
+    let [none, many] = [0, o.remotes].map(|r| remotes::joins(r, o.remote_joins));
+    writeln!(md, "\n{} endpoints joined on a host that programs the remote endpoints of 10 other hosts (the driver core in-process, the remote endpoints applied as a cluster view):\n", o.remote_joins).unwrap();
+    writeln!(md, "| remote endpoints | Join p50 (ms) | Join p90 (ms) |\n|---|---|---|").unwrap();
+    for (r, t) in [(0, none), (o.remotes, many)] {
+        writeln!(md, "| {r} | {:.2} | {:.2} |", quantile(&t, 0.5), quantile(&t, 0.9)).unwrap();
+    }
+
     print!("{md}");
     lab.finish();
     if let Some(dir) = o.out {
@@ -381,5 +400,70 @@ mod flows {
     pub fn count(filter: &Path) -> usize {
         let mut m = open(filter);
         HashMap::<_, c::FlowKey, c::FlowState>::try_from(&mut m).expect("ONC_FILTER").keys().filter_map(|k| k.ok()).count()
+    }
+}
+
+/// Part 4: the driver core in-process with `remotes` remote endpoints programmed.
+mod remotes {
+    use oncache::cluster::{Published, View};
+    use oncache::testbed::Testbed;
+    use serde_json::json;
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::{Duration, Instant};
+
+    const NET: &str = "0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c";
+    const HOSTS: usize = 10;
+
+    /// Address `n` of 10.236.0.0/16: locals from 2, remotes from 1,000 up.
+    fn addr(n: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 236, (n >> 8) as u8, n as u8)
+    }
+
+    /// Each Join's time, after `remotes` remote endpoints were programmed. On a thread of its
+    /// own, which the testbed moves into a namespace of its own.
+    pub fn joins(remotes: usize, joins: usize) -> Vec<Duration> {
+        std::thread::spawn(move || {
+            let tb = Testbed::new().expect("testbed");
+            // The container ends stay in the testbed's namespace: without IPv6 there, as moved
+            // into a container they would have none of the host's.
+            std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1").expect("disabling IPv6 for new links");
+            let call = |path: &str, body: serde_json::Value| {
+                let (code, v) = tb.call(path, body.to_string().as_bytes());
+                assert_eq!(code, 200, "{path}: {v}");
+            };
+            let options = json!({"com.docker.network.generic": {"oncache.vni": "736"}});
+            let pool = json!([{"AddressSpace": "LocalDefault", "Gateway": "10.236.0.1/16", "Pool": "10.236.0.0/16"}]);
+            call("NetworkDriver.CreateNetwork", json!({"NetworkID": NET, "Options": options, "IPv4Data": pool}));
+            let hosts = (0..HOSTS)
+                .map(|h| {
+                    let eps = (0..remotes / HOSTS)
+                        .map(|i| {
+                            let n = 1000 + h * (remotes / HOSTS) + i;
+                            Published { vni: 736, ip: IpAddr::V4(addr(n)), mac: [2, 0x42, 0x0c, h as u8, (n >> 8) as u8, n as u8], since: 1 }
+                        })
+                        .collect();
+                    (IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10 + h as u8)), eps)
+                })
+                .collect();
+            let view = View { hosts, pending: Default::default(), resync_kernel: false };
+            tb.rt.block_on(async { tb.plugin.driver.lock().await.apply_view(&view).await }).expect("applying the view");
+            let took = (0..joins)
+                .map(|k| {
+                    let ep = json!({"NetworkID": NET, "EndpointID": format!("{k:0>11x}{:0>53}", 0)});
+                    let mut create = ep.clone();
+                    create["Interface"] = json!({"Address": format!("{}/16", addr(k + 2))});
+                    call("NetworkDriver.CreateEndpoint", create);
+                    let mut join = ep.clone();
+                    join["SandboxKey"] = json!("/run/netns/oncache-bench");
+                    let t = Instant::now();
+                    call("NetworkDriver.Join", join);
+                    t.elapsed()
+                })
+                .collect();
+            tb.reset().expect("removing what the bench made");
+            took
+        })
+        .join()
+        .expect("part 4")
     }
 }

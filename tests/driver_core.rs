@@ -18,6 +18,13 @@ fn create_network(vni: u32, pool: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A request body naming endpoint `ep` of [`NET`], with `extra`'s fields.
+fn endpoint_body(ep: &str, extra: Value) -> Vec<u8> {
+    let mut b = json!({"NetworkID": NET, "EndpointID": ep});
+    b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    b.to_string().into_bytes()
+}
+
 /// Runs `f` on a thread of its own (a testbed moves its thread into a new network namespace),
 /// failing if it does not finish in time.
 fn on_own_thread(f: impl FnOnce() + Send + 'static) {
@@ -80,11 +87,7 @@ fn forced_network_removal_takes_its_endpoints_along() {
         let tb = Testbed::new().unwrap();
         assert_eq!(tb.call("NetworkDriver.CreateNetwork", &create_network(702, "10.240.0.0/24")).0, 200);
         let ep = "e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2";
-        let body = |extra: Value| {
-            let mut b = json!({"NetworkID": NET, "EndpointID": ep});
-            b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-            b.to_string().into_bytes()
-        };
+        let body = |extra: Value| endpoint_body(ep, extra);
         assert_eq!(tb.call("NetworkDriver.CreateEndpoint", &body(json!({"Interface": {"Address": "10.240.0.7/24"}}))).0, 200);
         assert_eq!(tb.call("NetworkDriver.Join", &body(json!({"SandboxKey": "/run/netns/x"}))).0, 200);
         let (code, v) = tb.call("Oncache.NetworkRemove", json!({"ID": NET}).to_string().as_bytes());
@@ -310,11 +313,7 @@ fn a_local_join_drops_its_remote_entry_and_keeps_a_forwarding_entry_still_in_use
 
         // 10.240.0.5 joins here: its remote entry goes, fd00::5 keeps the MAC's forwarding entry.
         let ep = "e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5";
-        let body = |extra: Value| {
-            let mut b = json!({"NetworkID": NET, "EndpointID": ep});
-            b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-            b.to_string().into_bytes()
-        };
+        let body = |extra: Value| endpoint_body(ep, extra);
         assert_eq!(tb.call("NetworkDriver.CreateEndpoint", &body(json!({"Interface": {"Address": "10.240.0.5/24"}}))).0, 200);
         assert_eq!(tb.call("NetworkDriver.Join", &body(json!({"SandboxKey": "/run/netns/x"}))).0, 200);
         let kept = (vec!["10.240.0.6".to_string(), "fd00::5".to_string()], vec![ma.clone(), mb.clone()]);

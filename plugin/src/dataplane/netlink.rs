@@ -356,15 +356,17 @@ impl Netlink {
         let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(fdb_message(vxlan, mac, dst)));
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
         self.ack(req).await.with_context(|| format!("setting forwarding entry {} to {dst}", crate::naming::format_mac(mac)))?;
-        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(bridge_fdb_message(vxlan, mac)));
-        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
-        self.ack(req).await.with_context(|| format!("setting bridge entry {} to the VXLAN port", crate::naming::format_mac(mac)))
+        self.bridge_entry_set(vxlan, mac).await
     }
 
     /// Makes the bridge's entry for `mac` the kind [`fdb_set`](Self::fdb_set) makes (an entry
     /// keeps its static mark when it is replaced, so it goes first).
     pub async fn remake_bridge_entry(&self, vxlan: u32, mac: [u8; 6]) -> Result<()> {
         let _ = self.handle.neighbours().del(bridge_fdb_message(vxlan, mac)).execute().await;
+        self.bridge_entry_set(vxlan, mac).await
+    }
+
+    async fn bridge_entry_set(&self, vxlan: u32, mac: [u8; 6]) -> Result<()> {
         let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(bridge_fdb_message(vxlan, mac)));
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
         self.ack(req).await.with_context(|| format!("setting bridge entry {} to the VXLAN port", crate::naming::format_mac(mac)))

@@ -329,7 +329,7 @@ fn main() {
 
     // 4. Join with the remote endpoints of a cluster programmed.
     let [none, many] = [0, o.remotes].map(|r| remotes::joins(r, o.remote_joins));
-    writeln!(md, "\n{} endpoints joined on a host that programs the remote endpoints of 10 other hosts (the driver core in-process, the remote endpoints applied as a cluster view):\n", o.remote_joins).unwrap();
+    writeln!(md, "\n{} endpoints joined on a host that programs the remote endpoints of {} other hosts (the driver core in-process, the remote endpoints applied as a cluster view):\n", o.remote_joins, remotes::HOSTS).unwrap();
     writeln!(md, "| remote endpoints | Join p50 (ms) | Join p90 (ms) |\n|---|---|---|").unwrap();
     for (r, t) in [(0, none), (o.remotes, many)] {
         writeln!(md, "| {r} | {:.2} | {:.2} |", quantile(&t, 0.5), quantile(&t, 0.9)).unwrap();
@@ -412,7 +412,7 @@ mod remotes {
     use std::time::{Duration, Instant};
 
     const NET: &str = "0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c";
-    const HOSTS: usize = 10;
+    pub const HOSTS: usize = 10;
 
     /// Address `n` of 10.236.0.0/16: locals from 2, remotes from 1,000 up.
     fn addr(n: usize) -> Ipv4Addr {
